@@ -1,0 +1,36 @@
+# Two commands do everything on a machine with only python3: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: setup demo test test-fast bench clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -c "import torch, torchvision, timm, ray, optuna, webdataset; print('environment ok: torch', torch.__version__, 'ray', ray.__version__)"
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv and install the project (only when missing or out of date)
+
+demo: $(STAMP)  ## a whole study on the generated demo set (CPU, ~10 minutes)
+	$(BIN)/python harness/tune.py --space tune_spaces/demo.yaml
+
+test: $(STAMP)  ## the test suite (shared-Ray tests, then the isolated autoscaling test)
+	$(BIN)/python -m pytest tests -m "not isolated"
+	CMD_HARNESS_ISOLATED=1 $(BIN)/python -m pytest tests -m isolated
+
+test-fast: $(STAMP)  ## unit tests only, no Ray trials
+	$(BIN)/python -m pytest tests -m "not slow and not isolated"
+
+bench: $(STAMP)  ## the benchmarks in bench/ (ratios against in-run baselines)
+	$(BIN)/python bench/loader.py --quick
+	$(BIN)/python bench/train_step.py --quick
+
+clean:  ## remove generated data and runs (not the venv)
+	rm -rf data runs

@@ -1,0 +1,97 @@
+"""Method settings: backbone, heads, CMD loss, optimiser schedules and evaluation.
+
+Defaults are sized for the CPU demo; every paper default is cited where it is set in
+tune_spaces/cub.yaml and listed with its source in cmd_model/README.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class ModelConfig:
+    """Backbone (any timm ViT or Swin by name) and the two DINO heads."""
+
+    backbone: str = "vit_tiny_patch16_224"
+    # Passed to timm.create_model: lets a named ViT run at demo size (patch 8, 64 px, depth 4).
+    backbone_kwargs: dict[str, Any] = field(
+        default_factory=lambda: {"patch_size": 8, "img_size": 64, "depth": 4}
+    )
+    drop_path_rate: float = 0.0  # official Swin-T script: 0.1
+    # Several crop sizes through one model (global 224 + local 96 in the paper): timm ViT
+    # interpolates its position embedding per forward, timm Swin pads to the window and builds
+    # its shift masks per forward (as EsViT's Swin does). See cmd_model/README.md.
+    dynamic_img_size: bool = True
+    init_checkpoint: str | None = None  # local DINO / EsViT / timm state dict
+    init_checkpoint_key: str = "teacher"  # "teacher" | "student" | "" (top level)
+    # Heads: official code (EsViT DINOHead): 3-layer MLP, hidden 2048, bottleneck 256,
+    # weight-normalised last layer, out_dim 65536, norm_last_layer False.
+    out_dim: int = 1024
+    hidden_dim: int = 512
+    bottleneck_dim: int = 128
+    head_layers: int = 3
+    norm_last_layer: bool = False
+    use_bn_in_head: bool = False
+
+
+@dataclass
+class LossConfig:
+    """CMD loss terms; weights and temperatures from main_esvit.py DDINOLoss ("ours md")."""
+
+    method: str = "cmd"  # "cmd" | "esvit" (no MIL term) | "dino" (image term only)
+    image_weight: float = 0.5  # L_I, official: 0.5
+    region_weight: float = 0.5  # L_R, official: 0.5
+    mil_weight: float = 1.0  # lambda on L_S (+ L_T), official: 1.0 (earlier script 0.1)
+    mil_pooling: str = "sum"  # "sum" | "mean" (same distribution) | "attention" (gated MIL)
+    mil_attention_dim: int = 64  # hidden size of the gated-attention MIL pooling
+    teacher_mil_in_loss: bool = False  # official: L_T has no gradient; logged only
+    legacy_kl_target: bool = False  # reproduce torch<=1.10 kl_div on raw logits (see README)
+    # Official F.kl_div(image, bag) is KL(bag || image); "image||bag" is the other direction.
+    mil_kl_direction: str = "bag||image"
+    # Official F.kl_div default reduction "mean" averages over B*K elements (the term is then
+    # ~1/K of a per-sample KL); "batchmean" (default here) is the KL per image. See README.
+    mil_kl_reduction: str = "batchmean"
+    # Collapse flag: teacher entropy above this fraction of ln(out_dim) (uniform outputs), or
+    # one prototype for the whole batch (dominant output). Not in the sources; README.
+    collapse_entropy_frac: float = 0.95
+    student_temp: float = 0.1
+    teacher_temp: float = 0.07  # final teacher temperature
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: int = 30
+    center_momentum: float = 0.9
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with DINO's per-iteration schedules (main_esvit.py / DINO utils.cosine_scheduler)."""
+
+    epochs: int = 100
+    lr: float = 5e-4  # per 256 images of global batch: lr = lr * batch / 256
+    min_lr: float = 1e-6
+    warmup_epochs: int = 10
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    momentum_teacher: float = 0.996  # cosine to 1.0 per iteration
+    clip_grad: float = 3.0  # per-parameter norm clip, 0 disables
+    freeze_last_layer: int = 1  # epochs with the heads' last layer frozen
+    accumulate: int = 1  # gradient accumulation steps
+
+
+@dataclass
+class EvalConfig:
+    """Frozen-teacher evaluation: the fast probe is the Tune objective."""
+
+    probe_every: int = 1  # epochs between probe evaluations (the last epoch always)
+    probe_feature: str = "cls"  # "cls" | "avgpool" | "last4" (official: concat last 4 blocks)
+    probe_epochs: int = 100  # full-batch L-BFGS/Adam iterations for the fast probe
+    probe_weight_decay: float = 1e-4
+    knn_k: tuple[int, ...] = (10, 20, 100, 200)
+    knn_temperature: float = 0.07
+    retrieval_mode: str = "every9"  # "every9" (official default) | "test_vs_train"
+    max_train_images: int | None = None  # cap on probe train features (speed)
+    # Official linear-probe protocol (EsViT eval_linear.py): SGD momentum 0.9, no weight decay,
+    # lr 0.001 * batch / 256, cosine, 100 epochs, best test top-1 over epochs.
+    paper_probe_epochs: int = 100
+    paper_probe_lr: float = 0.001
+    paper_probe_batch: int = 256

@@ -1,0 +1,32 @@
+"""User mistakes end a command with one line on stderr and exit code 2, not a traceback."""
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable
+
+from harness.config import ConfigError
+
+# Errors whose message already says what is wrong and where; anything else is a bug.
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
+try:  # the shard package's own input errors
+    from shards.errors import DatasetLayoutError, ShardIntegrityError
+
+    USER_ERRORS += (DatasetLayoutError, ShardIntegrityError)
+except ImportError:  # pragma: no cover - older shard package
+    pass
+
+
+def exit_on_user_error(main: Callable[..., int]) -> Callable[..., int]:
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs) -> int:
+        try:
+            return main(*args, **kwargs)
+        except USER_ERRORS as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted: run the same command again to continue", file=sys.stderr)
+            return 130
+
+    return wrapper

@@ -1,0 +1,286 @@
+"""One typed training config, loaded from YAML with dotted overrides, checked before Ray starts.
+
+Every bad key or value becomes a `ConfigError` whose message names the dotted key and the
+file, so a typo fails in a second on the laptop instead of minutes later inside a trial.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cmd_model.config import EvalConfig, LossConfig, ModelConfig, OptimConfig
+from shards.config import DataConfig
+
+
+class ConfigError(ValueError):
+    """A config problem a user can fix: the message names the key and the file."""
+
+
+@dataclass
+class ScalingConfig:
+    """How one training run (one trial) is spread over Ray Train workers."""
+
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0  # 0 with use_gpu: one GPU per worker
+    resources_per_worker: dict[str, float] = field(default_factory=dict)
+    # Resources of each Tune trial's driver process (the one that calls TorchTrainer.fit).
+    # CPU 0 keeps drivers from starving the workers (RAY_NOTES.md: a silent hang otherwise);
+    # on a cluster, `trial_driver: 0.01` pins drivers to non-preemptible nodes.
+    trial_driver_resources: dict[str, float] = field(default_factory=lambda: {"CPU": 0.0})
+    amp: str = "auto"  # "auto": bf16 on GPUs that support it, fp16 on older ones, off on CPU
+
+
+@dataclass
+class RunConfig:
+    """Where a run writes, how often it checkpoints and how it survives failures."""
+
+    name: str = "cmd"
+    storage: str = "runs"  # local folder or s3:// / gs:// URI
+    seed: int = 0
+    max_failures: int = 0  # Ray Train worker-group restarts from the last checkpoint
+    checkpoint_every_steps: int = 0  # 0: once per epoch only
+    log_every_steps: int = 0  # 0: a progress line per epoch only
+    torch_threads: int = 0  # 0: one per CPU given to the worker
+
+
+@dataclass
+class TrainConfig:
+    """A whole training run: what `harness/train.py --config` and each Tune trial take."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+# ---------------------------------------------------------------------------------------
+# Building a typed config from plain data
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Return `value` as type `tp`, or raise a ConfigError naming `key` and `source`."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key, source)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{key}' must be a mapping, got {value!r}")
+        return _build(tp, value, source, prefix=f"{key}.")
+    if tp is Any:
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: '{key}' must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{source}: '{key}' must have {len(args)} items, got {value!r}")
+        return tuple(_coerce(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{key}' must be a mapping, got {value!r}")
+        vtype = args[1] if args else Any
+        return {str(k): _coerce(v, vtype, f"{key}.{k}", source) for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(
+        f"{source}: '{key}' must be {_type_name(tp)}, got {type(value).__name__} {value!r}"
+    )
+
+
+def _build(cls: type, values: dict[str, Any], source: str, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key '{prefix}{unknown[0]}' (known under "
+            f"'{prefix or '<top>'}': {', '.join(sorted(names))})"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}{k}", source) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists) that YAML, Ray and checkpoints all accept."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def field_paths(cls: type = TrainConfig, prefix: str = "") -> dict[str, Any]:
+    """Every dotted leaf key of the config with its type: what a search space may name."""
+    out: dict[str, Any] = {}
+    for name, tp in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(tp):
+            out.update(field_paths(tp, f"{prefix}{name}."))
+        else:
+            out[f"{prefix}{name}"] = tp
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Overrides and files
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """Set `a.b.c` in a nested dict, creating mappings on the way."""
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{key}': '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`key=value` strings from a CLI to {dotted key: YAML-parsed value}."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value (e.g. loss.mil_weight=0.5)")
+        key, raw = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from disk, or a ConfigError naming the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}".splitlines()[0]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping")
+    return data
+
+
+def base_section(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The training config inside a file: a space file's `base:` (inline or a path), or the file."""
+    if "base" not in data:
+        return data
+    base = data["base"]
+    if isinstance(base, str):
+        return base_section(read_yaml(path.parent / base if not Path(base).is_absolute() else base), path)
+    if not isinstance(base, dict):
+        raise ConfigError(f"{path}: 'base' must be a mapping or a path to a config file")
+    return base
+
+
+def build_config(values: dict[str, Any], overrides: dict[str, Any] | None = None,
+                 source: str = "<config>") -> TrainConfig:
+    """Typed, checked TrainConfig from a plain dict plus dotted overrides."""
+    tree = copy.deepcopy(values)
+    for key, value in (overrides or {}).items():
+        set_dotted(tree, key, value)
+    cfg = _build(TrainConfig, tree, source)
+    check_ranges(cfg, source)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> TrainConfig:
+    """TrainConfig from a config file or a space file's base, with CLI overrides applied."""
+    p = Path(path)
+    ov = parse_overrides(overrides) if isinstance(overrides, list) else (overrides or {})
+    return build_config(base_section(read_yaml(p), p), ov, source=str(p))
+
+
+# ---------------------------------------------------------------------------------------
+# Value ranges
+
+_CHOICES = {
+    "loss.method": ("cmd", "esvit", "dino"),
+    "loss.mil_pooling": ("sum", "mean", "attention"),
+    "data.crops.photometric": ("loader", "step", "none"),
+    "eval.probe_feature": ("cls", "avgpool", "last4"),
+    "eval.retrieval_mode": ("every9", "test_vs_train"),
+    "scaling.amp": ("auto", "bf16", "fp16", "none"),
+}
+_POSITIVE = (
+    "data.batch_size", "data.crops.global_size", "data.crops.local_size", "data.crops.eval_size",
+    "data.crops.eval_resize", "model.out_dim", "model.hidden_dim", "model.bottleneck_dim",
+    "model.head_layers", "loss.student_temp", "loss.teacher_temp", "loss.warmup_teacher_temp",
+    "optim.epochs", "optim.lr", "optim.accumulate", "scaling.num_workers", "eval.probe_every",
+    "eval.probe_epochs",
+)
+_NON_NEGATIVE = (
+    "data.num_workers", "data.crops.local_crops", "loss.image_weight", "loss.region_weight",
+    "loss.mil_weight", "loss.warmup_teacher_temp_epochs", "optim.min_lr", "optim.warmup_epochs",
+    "optim.weight_decay", "optim.weight_decay_end", "optim.clip_grad", "optim.freeze_last_layer",
+    "scaling.cpus_per_worker", "scaling.gpus_per_worker", "run.max_failures",
+    "run.checkpoint_every_steps", "run.log_every_steps", "run.torch_threads",
+)
+_UNIT = (
+    "data.fraction", "loss.center_momentum", "optim.momentum_teacher", "data.crops.color_jitter_p",
+    "data.crops.grayscale_p", "data.crops.solarize_p",
+)
+
+
+def get_dotted(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def check_ranges(cfg: TrainConfig, source: str) -> None:
+    """Reject values no run could use, naming the key: caught here, not in a worker."""
+    for key, allowed in _CHOICES.items():
+        if get_dotted(cfg, key) not in allowed:
+            raise ConfigError(f"{source}: '{key}' must be one of {list(allowed)}, got {get_dotted(cfg, key)!r}")
+    for key in _POSITIVE:
+        if not get_dotted(cfg, key) > 0:
+            raise ConfigError(f"{source}: '{key}' must be > 0, got {get_dotted(cfg, key)!r}")
+    for key in _NON_NEGATIVE:
+        if get_dotted(cfg, key) < 0:
+            raise ConfigError(f"{source}: '{key}' must be >= 0, got {get_dotted(cfg, key)!r}")
+    for key in _UNIT:
+        if not 0.0 <= get_dotted(cfg, key) <= 1.0:
+            raise ConfigError(f"{source}: '{key}' must be in [0, 1], got {get_dotted(cfg, key)!r}")
+    for key in ("data.crops.global_scale", "data.crops.local_scale"):
+        lo, hi = get_dotted(cfg, key)
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ConfigError(f"{source}: '{key}' must satisfy 0 < low <= high <= 1, got {[lo, hi]}")
+    if cfg.loss.image_weight + cfg.loss.region_weight + cfg.loss.mil_weight <= 0:
+        raise ConfigError(f"{source}: the loss weights 'loss.*_weight' are all zero")

@@ -1,0 +1,70 @@
+"""What a study prints: one line per trial event and a summary table at the end."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pandas as pd
+from ray.tune import Callback
+
+
+def _params(config: dict[str, Any]) -> str:
+    parts = []
+    for key, value in sorted(config.items()):
+        short = key.split(".")[-1]
+        parts.append(f"{short}={value:.3g}" if isinstance(value, float) else f"{short}={value}")
+    return " ".join(parts)
+
+
+class TrialProgress(Callback):
+    """Prints start, each epoch's objective, and the end (completed, stopped early, errored)."""
+
+    def __init__(self, metric: str, max_epochs: int) -> None:
+        self.metric = metric
+        self.max_epochs = max_epochs
+        self.start = time.time()
+        self.last: dict[str, dict[str, Any]] = {}
+
+    def _say(self, text: str) -> None:
+        print(f"[study {time.time() - self.start:6.0f}s] {text}", flush=True)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._say(f"{trial.trial_id} started: {_params(trial.config)}")
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self.last[trial.trial_id] = result
+        epoch = result.get("epoch", 0)
+        if float(epoch).is_integer():
+            self._say(f"{trial.trial_id} epoch {int(epoch)}/{self.max_epochs} "
+                      f"{self.metric} {result.get(self.metric, float('nan')):.4f} "
+                      f"loss {result.get('loss', float('nan')):.4f}")
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        result = self.last.get(trial.trial_id, {})
+        epochs = result.get("epoch", 0)
+        how = "completed" if epochs >= self.max_epochs else f"stopped early by ASHA at epoch {epochs:g}"
+        self._say(f"{trial.trial_id} {how}: {self.metric} {result.get(self.metric, float('nan')):.4f}")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._say(f"{trial.trial_id} ERROR: {first_error_line(trial)}")
+
+
+def first_error_line(trial: Any) -> str:
+    """The meaningful line of a trial's error (Ray wraps it in several layers)."""
+    error = getattr(trial, "error_msg", None) or str(getattr(trial, "error", "") or "")
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if "Error" in line or "error" in line:
+            return line[:300]
+    return lines[-1][:300] if lines else "unknown error"
+
+
+def summary_table(frame: pd.DataFrame, metric: str, mode: str, params: list[str]) -> str:
+    """Trials sorted by the objective, best first, with their parameters."""
+    if frame.empty:
+        return "(no trials)"
+    best_col = f"best_{metric}" if f"best_{metric}" in frame else metric
+    cols = ["trial_id", metric, best_col, "epochs", "stop_reason", *params]
+    cols = list(dict.fromkeys(c for c in cols if c in frame))
+    shown = frame.sort_values(best_col, ascending=(mode == "min"), na_position="last")[cols]
+    return shown.to_string(index=False, float_format=lambda v: f"{v:.4g}")

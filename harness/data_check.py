@@ -1,0 +1,38 @@
+"""Data checks that run in the driver, before Ray starts: a missing dataset fails in a second."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.config import ConfigError, TrainConfig
+from shards.demo import ensure_demo_shards
+
+
+def is_remote(location: str) -> bool:
+    return "://" in location or location.startswith("pipe:")
+
+
+def prepare_paths(cfg: TrainConfig, source: str) -> TrainConfig:
+    """Make local paths absolute (workers run elsewhere) and make sure the shards exist.
+
+    The demo set is generated on first use; any other missing manifest is an error naming the
+    folder and the command that writes shards.
+    """
+    if not is_remote(cfg.data.shards):
+        shards = Path(cfg.data.shards).expanduser().resolve()
+        cfg.data.shards = str(shards)
+        if cfg.data.demo:
+            ensure_demo_shards(shards)
+        elif not (shards / "manifest.json").is_file():
+            hint = "no such folder" if not shards.exists() else "no manifest.json in it"
+            raise ConfigError(
+                f"{source}: 'data.shards' = {shards}: {hint}; write shards first with "
+                f"`python -m shards.write imagefolder --root DATASET --out {shards}`"
+            )
+    if not is_remote(cfg.run.storage):
+        cfg.run.storage = str(Path(cfg.run.storage).expanduser().resolve())
+    if cfg.model.init_checkpoint:
+        init = Path(cfg.model.init_checkpoint).expanduser().resolve()
+        if not init.is_file():
+            raise ConfigError(f"{source}: 'model.init_checkpoint' = {init}: no such file")
+        cfg.model.init_checkpoint = str(init)
+    return cfg

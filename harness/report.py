@@ -1,0 +1,146 @@
+"""Rebuild a study's results and plots from its folder, finished or interrupted.
+
+    python -m harness.report runs/demo
+
+Plots (PNG via matplotlib, HTML via plotly) go to RUN_DIR/plots: optimization history,
+parameter importances, parallel coordinates, learning curves per trial, and accuracy vs compute
+(the Pareto front of the objective against GPU-hours, or wall-hours on CPU).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import optuna  # noqa: E402
+import pandas as pd  # noqa: E402
+import plotly.express as px  # noqa: E402
+
+from harness.cli_errors import exit_on_user_error  # noqa: E402
+from harness.results import CURVES_PARQUET, TRIALS_PARQUET, collect, write_results  # noqa: E402
+from harness.space import STUDY_FILE, Dist, Study, load_study  # noqa: E402
+
+
+def _distribution(d: Dist) -> optuna.distributions.BaseDistribution:
+    if d.type == "choice":
+        return optuna.distributions.CategoricalDistribution(d.values)
+    if d.type == "int":
+        return optuna.distributions.IntDistribution(int(d.low), int(d.high))
+    return optuna.distributions.FloatDistribution(d.low, d.high, log=d.type == "loguniform")
+
+
+def optuna_study(study: Study, trials: pd.DataFrame) -> optuna.Study:
+    """The finished trials as an in-memory Optuna study, for Optuna's own plots."""
+    direction = "maximize" if study.mode == "max" else "minimize"
+    ot = optuna.create_study(direction=direction)
+    col = f"best_{study.metric}"
+    for _, row in trials.iterrows():
+        if pd.isna(row.get(col)) or row["status"] == "ERROR":
+            continue
+        params = {d.key: (row[d.key].item() if hasattr(row[d.key], "item") else row[d.key]) for d in study.space}
+        ot.add_trial(optuna.trial.create_trial(
+            params=params, distributions={d.key: _distribution(d) for d in study.space},
+            value=float(row[col])))
+    return ot
+
+
+def _pareto(frame: pd.DataFrame, cost: str, metric: str, maximize: bool) -> pd.DataFrame:
+    ordered = frame.sort_values(cost)
+    best, keep = None, []
+    for idx, row in ordered.iterrows():
+        v = row[metric]
+        if best is None or (v > best if maximize else v < best):
+            best = v
+            keep.append(idx)
+    return ordered.loc[keep]
+
+
+def _save(fig_png, fig_html, out: Path, stem: str, written: list[Path]) -> None:
+    fig_png.savefig(out / f"{stem}.png", dpi=110, bbox_inches="tight")
+    plt.close(fig_png)
+    fig_html.write_html(str(out / f"{stem}.html"), include_plotlyjs="cdn")
+    written += [out / f"{stem}.png", out / f"{stem}.html"]
+
+
+def write_plots(study: Study, study_dir: str | Path) -> list[Path]:
+    """All plots into study_dir/plots; returns the files written."""
+    out = Path(study_dir) / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    trials, curves = collect(study, study_dir)
+    written: list[Path] = []
+    metric, col = study.metric, f"best_{study.metric}"
+    maximize = study.mode == "max"
+
+    if len(curves):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for tid, c in curves.groupby("trial_id"):
+            stopped = c["stop_reason"].iloc[0] != "completed"
+            ax.plot(c["epoch"], c[metric], marker="o", linestyle="--" if stopped else "-",
+                    label=f"{tid}{' (stopped)' if stopped else ''}")
+        ax.set(xlabel="epoch", ylabel=metric, title="Learning curves per trial (dashed: stopped early)")
+        ax.legend(fontsize=6, ncol=2)
+        html = px.line(curves, x="epoch", y=metric, color="trial_id", line_dash="stop_reason", markers=True)
+        _save(fig, html, out, "learning_curves", written)
+
+    done = trials[trials[col].notna()] if len(trials) else trials
+    if len(done):
+        cost = "gpu_hours" if done["gpu_hours"].sum() > 0 else "wall_s"
+        label = "GPU-hours" if cost == "gpu_hours" else "wall seconds (CPU)"
+        front = _pareto(done, cost, col, maximize)
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.scatter(done[cost], done[col], alpha=0.6, label="trials")
+        ax.step(front[cost], front[col], where="post", color="C3", label="Pareto front")
+        ax.set(xlabel=label, ylabel=col, title="Accuracy vs compute")
+        ax.legend()
+        html = px.scatter(done, x=cost, y=col, hover_data=["trial_id"], title="Accuracy vs compute")
+        html.add_scatter(x=front[cost], y=front[col], mode="lines", line_shape="hv", name="Pareto front")
+        _save(fig, html, out, "accuracy_vs_compute", written)
+
+    ot = optuna_study(study, trials)
+    if len(ot.trials) >= 2:
+        from optuna.visualization import matplotlib as omp
+
+        plots = {"optimization_history": (omp.plot_optimization_history, optuna.visualization.plot_optimization_history),
+                 "parallel_coordinates": (omp.plot_parallel_coordinate, optuna.visualization.plot_parallel_coordinate),
+                 "param_importances": (omp.plot_param_importances, optuna.visualization.plot_param_importances)}
+        for stem, (png_fn, html_fn) in plots.items():
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    ax = png_fn(ot)
+                    fig = (ax[0] if hasattr(ax, "__len__") else ax).figure
+                    _save(fig, html_fn(ot), out, stem, written)
+            except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. importances need variation
+                print(f"[report] skipped {stem}: {exc}", file=sys.stderr)
+    return written
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m harness.report",
+                                     description="Rebuild a study's results files and plots from its folder.")
+    parser.add_argument("run_dir", help="the study folder (e.g. runs/demo)")
+    return parser.parse_args(argv)
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    folder = Path(args.run_dir).resolve()
+    if not (folder / STUDY_FILE).is_file():
+        raise FileNotFoundError(f"{folder}: not a study folder (no {STUDY_FILE})")
+    study = load_study(folder / STUDY_FILE)
+    best = write_results(study, folder, folder)
+    files = write_plots(study, folder)
+    print(f"[report] {folder / TRIALS_PARQUET}, {folder / CURVES_PARQUET}, {len(files)} plot files in {folder / 'plots'}")
+    if best:
+        print(f"[report] best trial {best['trial_id']}: best {study.metric} {best['best_' + study.metric]:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""Study files: a base training config, a search space, and how to search it.
+
+    base: {...} | path/to/config.yaml
+    space:                       # dotted training-config key -> distribution
+      loss.mil_weight: {type: uniform, low: 0.1, high: 2.0}
+      loss.teacher_temp: {type: loguniform, low: 0.02, high: 0.1}
+      data.crops.local_crops: {type: int, low: 2, high: 8}      # both bounds inclusive
+      loss.mil_pooling: {type: choice, values: [sum, attention]}
+    points_to_evaluate: [...]    # default: the base config's own values first
+    metric: probe_top1
+    mode: max
+    search: {sampler: tpe, num_samples: 8, max_concurrent: 2, seed: 0}
+    scheduler: {type: asha, max_t: 4, grace_period: 1, reduction_factor: 2}
+    scaling: {...}               # overrides base.scaling: workers, GPUs, CPUs per trial
+
+Everything is checked here, before Ray starts, and each error names the key and the file.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.config import (
+    ConfigError,
+    TrainConfig,
+    base_section,
+    build_config,
+    field_paths,
+    get_dotted,
+    read_yaml,
+    set_dotted,
+)
+
+STUDY_FILE = "study.yaml"  # the resolved study, saved in its run folder for reports and resumes
+_TOP_KEYS = {"base", "space", "points_to_evaluate", "metric", "mode", "search", "scheduler",
+             "scaling", "name", "storage", "trackers"}
+_DIST_KEYS = {"uniform": {"low", "high"}, "loguniform": {"low", "high"}, "int": {"low", "high"},
+              "choice": {"values"}}
+
+
+@dataclass
+class Dist:
+    """One searched key: a distribution Tune and Optuna both understand."""
+
+    key: str
+    type: str
+    low: float | None = None
+    high: float | None = None
+    values: list[Any] = field(default_factory=list)
+
+    def contains(self, value: Any) -> bool:
+        if self.type == "choice":
+            return value in self.values
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.type == "int" and not float(value).is_integer():
+            return False
+        return self.low <= value <= self.high
+
+    def corners(self) -> list[Any]:
+        """Extreme values a sample can take: each must build a valid config."""
+        return list(self.values) if self.type == "choice" else [self.low, self.high]
+
+    def tune_domain(self) -> Any:
+        from ray import tune
+
+        if self.type == "uniform":
+            return tune.uniform(self.low, self.high)
+        if self.type == "loguniform":
+            return tune.loguniform(self.low, self.high)
+        if self.type == "int":
+            return tune.randint(int(self.low), int(self.high) + 1)  # Tune's upper bound is exclusive
+        return tune.choice(list(self.values))
+
+
+@dataclass
+class SearchSettings:
+    sampler: str = "tpe"  # "tpe" | "random"
+    num_samples: int = 8
+    max_concurrent: int = 1
+    seed: int = 0
+
+
+@dataclass
+class SchedulerSettings:
+    type: str = "asha"  # "asha" | "none"
+    max_t: int = 4  # epochs; also the trial's optim.epochs
+    grace_period: int = 1
+    reduction_factor: int = 2
+
+
+@dataclass
+class Study:
+    """A validated study file."""
+
+    path: Path
+    name: str
+    base: TrainConfig
+    base_dict: dict[str, Any]
+    space: list[Dist]
+    points: list[dict[str, Any]]
+    metric: str = "probe_top1"
+    mode: str = "max"
+    search: SearchSettings = field(default_factory=SearchSettings)
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    storage: str = "runs"
+    trackers: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, folder: Path) -> Path:
+        """Write the resolved study (full base config, space, settings) into its run folder."""
+        space = {}
+        for d in self.space:
+            space[d.key] = {"type": d.type, "values": d.values} if d.type == "choice" else \
+                {"type": d.type, "low": d.low, "high": d.high}
+        data = {"name": self.name, "base": self.base_dict, "space": space,
+                "points_to_evaluate": self.points, "metric": self.metric, "mode": self.mode,
+                "search": dataclasses.asdict(self.search),
+                "scheduler": dataclasses.asdict(self.scheduler),
+                "storage": self.storage, "trackers": self.trackers}
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / STUDY_FILE).write_text(yaml.safe_dump(data, sort_keys=False))
+        return folder / STUDY_FILE
+
+    def trial_config(self, params: dict[str, Any]) -> TrainConfig:
+        """The training config of one trial: the base plus the sampled dotted values."""
+        return build_config(self.base_dict, params, source=f"{self.path} (trial)")
+
+
+def _settings(cls: type, values: Any, key: str, source: Path) -> Any:
+    if values is None:
+        return cls()
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: '{key}' must be a mapping")
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key '{key}.{unknown[0]}' (known: {', '.join(sorted(hints))})")
+    for name, value in values.items():
+        if hints[name] is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"{source}: '{key}.{name}' must be int, got {value!r}")
+        if hints[name] is str and not isinstance(value, str):
+            raise ConfigError(f"{source}: '{key}.{name}' must be str, got {value!r}")
+    return cls(**values)
+
+
+def _parse_dist(key: str, spec: Any, source: Path) -> Dist:
+    fields = field_paths()
+    if key not in fields:
+        raise ConfigError(f"{source}: space key '{key}' is not a training config field "
+                          f"(e.g. {', '.join(sorted(fields)[:4])}, ...)")
+    if not isinstance(spec, dict) or spec.get("type") not in _DIST_KEYS:
+        raise ConfigError(f"{source}: space '{key}' needs 'type' in {sorted(_DIST_KEYS)}, got {spec!r}")
+    kind = spec["type"]
+    extra = set(spec) - _DIST_KEYS[kind] - {"type"}
+    missing = _DIST_KEYS[kind] - set(spec)
+    if extra or missing:
+        raise ConfigError(f"{source}: space '{key}' ({kind}) takes {sorted(_DIST_KEYS[kind])}; "
+                          f"{'unknown ' + str(sorted(extra)) if extra else 'missing ' + str(sorted(missing))}")
+    if kind == "choice":
+        values = spec["values"]
+        if not isinstance(values, list) or len(values) < 2:
+            raise ConfigError(f"{source}: space '{key}' choice needs at least 2 values, got {values!r} "
+                              f"(set a single value in 'base' instead)")
+        return Dist(key, kind, values=values)
+    low, high = spec["low"], spec["high"]
+    for name, v in (("low", low), ("high", high)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ConfigError(f"{source}: space '{key}.{name}' must be a number, got {v!r}")
+    if not low < high:
+        raise ConfigError(f"{source}: space '{key}' is an empty range: low {low} >= high {high}")
+    if kind == "loguniform" and low <= 0:
+        raise ConfigError(f"{source}: space '{key}' loguniform needs low > 0, got {low}")
+    if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
+        raise ConfigError(f"{source}: space '{key}' int needs integer bounds, got {low}, {high}")
+    if fields[key] is int and kind != "int":
+        raise ConfigError(f"{source}: space '{key}' is an int field: use type int")
+    return Dist(key, kind, low=low, high=high)
+
+
+def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Study:
+    """Read and check a study file; `overrides` are dotted base-config overrides from the CLI."""
+    source = Path(path)
+    data = read_yaml(source)
+    unknown = sorted(set(data) - _TOP_KEYS)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key '{unknown[0]}' (known: {', '.join(sorted(_TOP_KEYS))})")
+    base_dict = copy.deepcopy(base_section(data, source))
+    for key, value in (data.get("scaling") or {}).items():
+        set_dotted(base_dict, f"scaling.{key}", value)
+    for key, value in (overrides or {}).items():
+        set_dotted(base_dict, key, value)
+    search = _settings(SearchSettings, data.get("search"), "search", source)
+    scheduler = _settings(SchedulerSettings, data.get("scheduler"), "scheduler", source)
+    if search.sampler not in ("tpe", "random"):
+        raise ConfigError(f"{source}: 'search.sampler' must be tpe or random, got {search.sampler!r}")
+    if scheduler.type not in ("asha", "none"):
+        raise ConfigError(f"{source}: 'scheduler.type' must be asha or none, got {scheduler.type!r}")
+    for key in ("num_samples", "max_concurrent"):
+        if getattr(search, key) < 1:
+            raise ConfigError(f"{source}: 'search.{key}' must be >= 1")
+    if not 1 <= scheduler.grace_period <= scheduler.max_t or scheduler.reduction_factor < 2:
+        raise ConfigError(f"{source}: 'scheduler' needs 1 <= grace_period <= max_t and reduction_factor >= 2")
+    set_dotted(base_dict, "optim.epochs", scheduler.max_t)
+    base = build_config(base_dict, source=str(source))
+
+    space_spec = data.get("space") or {}
+    if not isinstance(space_spec, dict) or not space_spec:
+        raise ConfigError(f"{source}: 'space' must map at least one training config key to a distribution")
+    space = [_parse_dist(key, spec, source) for key, spec in space_spec.items()]
+    for dist in space:  # every sample must build a valid config
+        for value in dist.corners():
+            try:
+                build_config(base_dict, {dist.key: value}, source=str(source))
+            except ConfigError as exc:
+                raise ConfigError(f"{source}: space '{dist.key}' can sample {value!r}, which is invalid: "
+                                  f"{str(exc).split(': ', 1)[-1]}") from None
+
+    points = data.get("points_to_evaluate")
+    if points is None:  # the base config's own values first (the paper defaults in real spaces)
+        point = {d.key: get_dotted(base, d.key) for d in space if d.contains(get_dotted(base, d.key))}
+        points = [point] if point else []
+    if not isinstance(points, list):
+        raise ConfigError(f"{source}: 'points_to_evaluate' must be a list of mappings")
+    by_key = {d.key: d for d in space}
+    for i, point in enumerate(points):
+        if not isinstance(point, dict):
+            raise ConfigError(f"{source}: 'points_to_evaluate[{i}]' must be a mapping")
+        for key, value in point.items():
+            if key not in by_key:
+                raise ConfigError(f"{source}: 'points_to_evaluate[{i}].{key}' is not in 'space'")
+            if not by_key[key].contains(value):
+                raise ConfigError(f"{source}: 'points_to_evaluate[{i}].{key}' = {value!r} is outside "
+                                  f"the space ({by_key[key].type} {by_key[key].corners()})")
+    metric, mode = data.get("metric", "probe_top1"), data.get("mode", "max")
+    if mode not in ("max", "min"):
+        raise ConfigError(f"{source}: 'mode' must be max or min, got {mode!r}")
+    return Study(path=source, name=str(data.get("name") or source.stem), base=base,
+                 base_dict=base_dict, space=space, points=[dict(p) for p in points], metric=metric,
+                 mode=mode, search=search, scheduler=scheduler,
+                 storage=str(data.get("storage") or base.run.storage),
+                 trackers=dict(data.get("trackers") or {}))

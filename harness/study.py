@@ -1,0 +1,123 @@
+"""The Tune study: one trial = one TorchTrainer run, searched by Optuna TPE, stopped by ASHA.
+
+This follows Ray's pattern for tuning a Train V2 trainer: each trial is a function (the
+"driver") that builds a TorchTrainer and fits it, with `TuneReportCallback` forwarding rank 0's
+per-epoch reports to Tune so ASHA and Optuna see every epoch (RAY_NOTES.md).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import BasicVariantGenerator
+
+from harness.config import build_config
+from harness.console import TrialProgress
+from harness.search import BudgetAwareOptunaSearch
+from harness.space import Study
+from harness.trainer import build_trainer
+
+
+def trial_driver(params: dict[str, Any], base: dict[str, Any], train_storage: str) -> None:
+    """One trial: the base config plus the sampled values, trained by a TorchTrainer.
+
+    The Train run is named by the trial id, so a restored study resumes each unfinished trial
+    from its last checkpoint instead of starting it over.
+    """
+    cfg = build_config(base, params, source="trial")
+    cfg.run.storage = train_storage
+    trial_id = tune.get_context().get_trial_id()
+    build_trainer(cfg, name=f"train-{trial_id}", callbacks=[TuneReportCallback()]).fit()
+
+
+def _searcher(study: Study) -> Any:
+    if study.search.sampler == "random":
+        return BasicVariantGenerator(points_to_evaluate=study.points, random_state=study.search.seed)
+    import optuna
+
+    return BudgetAwareOptunaSearch(
+        metric=study.metric, mode=study.mode, points_to_evaluate=study.points,
+        sampler=optuna.samplers.TPESampler(seed=study.search.seed),
+        max_epochs=study.scheduler.max_t,
+    )
+
+
+def _scheduler(study: Study) -> Any:
+    if study.scheduler.type == "none":
+        return FIFOScheduler()
+    # ASHA keyed on the reported epoch: training_iteration restarts at 0 after a restore.
+    return ASHAScheduler(time_attr="epoch", max_t=study.scheduler.max_t,
+                         grace_period=study.scheduler.grace_period,
+                         reduction_factor=study.scheduler.reduction_factor)
+
+
+def _trackers(study: Study, study_dir: Path) -> list[Any]:
+    """Opt-in experiment trackers through Ray's own logger callbacks (TensorBoard is Tune's default)."""
+    callbacks: list[Any] = []
+    mlflow = study.trackers.get("mlflow")
+    if mlflow:
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+        uri = mlflow.get("tracking_uri") if isinstance(mlflow, dict) else None
+        callbacks.append(MLflowLoggerCallback(
+            tracking_uri=uri or (study_dir / "mlruns").resolve().as_uri(),
+            experiment_name=study.name, save_artifact=False))
+    wandb = study.trackers.get("wandb")
+    if wandb:
+        from ray.air.integrations.wandb import WandbLoggerCallback
+
+        opts = wandb if isinstance(wandb, dict) else {}
+        callbacks.append(WandbLoggerCallback(project=opts.get("project", study.name),
+                                             mode=opts.get("mode", "offline")))
+    return callbacks
+
+
+def build_tuner(study: Study, study_dir: Path, retry_errored: bool = False,
+                verbose: bool = False) -> tune.Tuner:
+    """A new Tuner, or the interrupted study restored (finished trials are kept, not re-run)."""
+    trainable = tune.with_resources(
+        tune.with_parameters(trial_driver, base=study.base_dict,
+                             train_storage=str(study_dir / "train")),
+        resources=dict(study.base.scaling.trial_driver_resources),
+    )
+    param_space = {d.key: d.tune_domain() for d in study.space}
+    if tune.Tuner.can_restore(str(study_dir)):
+        print(f"[study] resuming {study_dir}: finished trials are kept"
+              + ("; errored trials are retried" if retry_errored else ""), flush=True)
+        return tune.Tuner.restore(str(study_dir), trainable=trainable, param_space=param_space,
+                                  resume_unfinished=True, resume_errored=retry_errored)
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=study.metric, mode=study.mode, search_alg=_searcher(study),
+            scheduler=_scheduler(study), num_samples=study.search.num_samples,
+            max_concurrent_trials=study.search.max_concurrent,
+        ),
+        run_config=tune.RunConfig(
+            name=study_dir.name, storage_path=str(study_dir.parent),
+            callbacks=[TrialProgress(study.metric, study.scheduler.max_t), *_trackers(study, study_dir)],
+            failure_config=tune.FailureConfig(max_failures=0),
+            verbose=1 if verbose else 0,
+        ),
+    )
+
+
+def trial_resources(study: Study) -> dict[str, float]:
+    """What one trial needs at once: its driver plus all its Train workers."""
+    from harness.trainer import worker_resources
+
+    need = dict(study.base.scaling.trial_driver_resources)
+    for key, value in worker_resources(study.base).items():
+        need[key] = need.get(key, 0.0) + value * study.base.scaling.num_workers
+    return need
+
+
+def unschedulable(study: Study, cluster: dict[str, float]) -> list[str]:
+    """Resources a trial needs beyond what the cluster has now (an autoscaler may add them)."""
+    return [f"{key}: trial needs {value:g}, cluster has {cluster.get(key, 0):g}"
+            for key, value in trial_resources(study).items() if value > cluster.get(key, 0) + 1e-9]
+

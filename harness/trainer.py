@@ -1,0 +1,48 @@
+"""TorchTrainer wiring: the config's scaling and run sections turned into Ray Train objects."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import ray.train
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from harness.config import TrainConfig, to_dict
+from harness.worker import train_loop_per_worker
+
+
+def storage_uri(storage: str) -> str:
+    """Ray needs absolute local paths; URIs (s3://, gs://) pass through."""
+    return storage if "://" in storage else str(Path(storage).expanduser().resolve())
+
+
+def worker_resources(cfg: TrainConfig) -> dict[str, float]:
+    """Per-worker resources: CPUs and GPUs from the config plus any custom resources."""
+    resources: dict[str, float] = {"CPU": cfg.scaling.cpus_per_worker, **cfg.scaling.resources_per_worker}
+    if cfg.scaling.use_gpu:
+        resources["GPU"] = cfg.scaling.gpus_per_worker or 1.0
+    return resources
+
+
+def build_trainer(cfg: TrainConfig, name: str, callbacks: list[Any] | None = None) -> TorchTrainer:
+    """One run = one TorchTrainer; rerun with the same storage and `name` resumes it."""
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=to_dict(cfg),
+        torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.scaling.num_workers,
+            use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker=worker_resources(cfg),
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage_uri(cfg.run.storage),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=2, checkpoint_score_attribute="probe_top1", checkpoint_score_order="max"
+            ),
+            callbacks=callbacks or [],
+        ),
+    )
+

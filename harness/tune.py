@@ -1,0 +1,130 @@
+"""A CMD hyper-parameter study on Ray Tune: Optuna TPE + ASHA over epochs, probe accuracy as objective.
+
+    python harness/tune.py                                   # the demo study, local Ray
+    python harness/tune.py --space tune_spaces/cub.yaml      # joins RAY_ADDRESS when set
+    ray job submit --working-dir . -- python harness/tune.py --space tune_spaces/cub.yaml
+
+Running the same command again continues an interrupted study; `--restart` starts a new one.
+The run folder gets results.parquet/.csv, curves.parquet, best_config.yaml, best.json and plots.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from harness.cli_errors import exit_on_user_error  # noqa: E402
+from harness.config import parse_overrides, to_dict  # noqa: E402
+from harness.data_check import is_remote, prepare_paths  # noqa: E402
+from harness.space import Study, load_study  # noqa: E402
+
+DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "tune_spaces" / "demo.yaml"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="harness/tune.py",
+        description="Search CMD's loss weights, temperatures and crops with Ray Tune + Optuna; "
+                    "the objective is the linear-probe top-1 of the frozen teacher.",
+    )
+    parser.add_argument("--space", default=str(DEFAULT_SPACE),
+                        help="study YAML (base config + search space); default: the demo study")
+    parser.add_argument("--name", help="study name (default: the space's name); the same name resumes")
+    parser.add_argument("--storage", help="folder or s3:// / gs:// URI for results "
+                                          "(default: the space's storage, else ./runs)")
+    parser.add_argument("--restart", action="store_true",
+                        help="start a fresh study under a new, time-stamped name")
+    parser.add_argument("--retry-errored", action="store_true",
+                        help="when resuming, run errored trials again")
+    parser.add_argument("--num-samples", type=int, help="override search.num_samples")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip the random-init probe measured before the study")
+    parser.add_argument("--verbose", action="store_true", help="Ray's own logs and progress tables")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="dotted overrides of the base training config, e.g. data.batch_size=16")
+    return parser.parse_args(argv)
+
+
+def study_folder(study: Study, args: argparse.Namespace) -> Path:
+    name = args.name or study.name
+    if args.restart:
+        name = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    storage = args.storage or study.storage
+    if is_remote(storage):  # Tune syncs remote storage itself; results are written locally too
+        return Path("runs").resolve() / name
+    return Path(storage).expanduser().resolve() / name
+
+
+def random_init_baseline(study: Study) -> dict[str, float]:
+    """The probe on a randomly initialised backbone: what self-supervision must beat."""
+    import torch
+
+    from cmd_model.backbone import build_backbone
+    from harness.evaluation import evaluate_backbone
+
+    torch.manual_seed(study.base.run.seed)
+    backbone = build_backbone(study.base.model)
+    return evaluate_backbone(backbone, study.base.data, study.base.eval, torch.device("cpu"),
+                             seed=study.base.run.seed)
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    study = load_study(args.space, parse_overrides(args.overrides))
+    if args.num_samples:
+        study.search.num_samples = args.num_samples
+    study.base = prepare_paths(study.base, args.space)
+    study.base_dict = to_dict(study.base)
+    folder = study_folder(study, args)
+    print(f"[study] {study.name}: {study.search.num_samples} trials x <= {study.scheduler.max_t} epochs, "
+          f"{len(study.space)} parameters, {study.search.max_concurrent} at once; folder {folder}",
+          flush=True)
+
+    baseline = {} if args.no_baseline else random_init_baseline(study)
+    if baseline:
+        print(f"[study] random-init backbone: probe_top1 {baseline['probe_top1']:.4f} "
+              f"knn_top1 {baseline['knn_top1']:.4f}", flush=True)
+
+    from harness.console import summary_table
+    from harness.ray_session import connect
+    from harness.report import write_plots
+    from harness.results import collect, write_results
+    from harness.study import build_tuner, unschedulable
+
+    import ray
+
+    connect(verbose=args.verbose)
+    for problem in unschedulable(study, ray.cluster_resources()):
+        print(f"[study] warning: a trial cannot be scheduled on the cluster as it is now ({problem}); "
+              "it waits for an autoscaler to add nodes", flush=True)
+    study.save(folder)
+    tuner = build_tuner(study, folder, retry_errored=args.retry_errored, verbose=args.verbose)
+    tuner.fit()
+
+    best = write_results(study, folder, folder)
+    if baseline:
+        best["random_init"] = baseline
+        (folder / "best.json").write_text(json.dumps(best, indent=2))
+    write_plots(study, folder)
+    trials, _ = collect(study, folder)
+    print("\n" + summary_table(trials, study.metric, study.mode, [d.key for d in study.space]))
+    for _, row in trials[trials["status"] == "ERROR"].iterrows():
+        print(f"[study] errored {row['trial_id']}: {row['error']} (rerun with --retry-errored)")
+    if best:
+        line = f"\n[study] best trial {best['trial_id']}: best {study.metric} {best['best_' + study.metric]:.4f}"
+        if baseline:
+            line += f" vs random-init {baseline['probe_top1']:.4f}"
+        print(line)
+        print(f"[study] best config: {folder / 'best_config.yaml'}\n[study] best checkpoint: {best['checkpoint_path']}")
+    print(f"[study] results: {folder / 'results.parquet'} (pandas.read_parquet), plots in {folder / 'plots'}")
+    return 0 if best else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

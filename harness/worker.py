@@ -1,0 +1,193 @@
+"""The Ray Train loop run by every worker: stream crops, CMD step, probe, report, checkpoint.
+
+Every rank calls `ray.train.report` once per epoch (and at step checkpoints): the call is a
+barrier, and only rank 0's metrics reach Tune (RAY_NOTES.md), so rank 0 also runs the probe.
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+
+from cmd_model.engine import CMDEngine
+from harness.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from harness.config import TrainConfig, build_config, to_dict
+from harness.evaluation import evaluate_backbone
+from shards.pipeline import steps_per_epoch, to_model_input, train_loader
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """A loss went NaN/inf: the run stops, and the message names epoch, step and term."""
+
+
+def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """Mixed precision per the config: bf16 where the GPU has it, fp16 with a scaler before."""
+    if setting == "none" or device.type != "cuda":
+        return None
+    if setting == "bf16" or (setting == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+class EpochMeter:
+    """Averages step metrics over an epoch and times data wait vs compute."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = defaultdict(float)
+        self.steps = 0
+        self.images = 0
+        self.data_wait = 0.0
+        self.step_time = 0.0
+        self.skipped = 0
+        self.start = time.perf_counter()
+
+    def add(self, metrics: dict[str, float], images: int, wait: float, step: float, skipped: int) -> None:
+        for key, value in metrics.items():
+            self.sums[key] += float(value)
+        self.steps += 1
+        self.images += images
+        self.data_wait += wait
+        self.step_time += step
+        self.skipped += skipped
+
+    def summary(self) -> dict[str, float]:
+        n = max(self.steps, 1)
+        elapsed = time.perf_counter() - self.start
+        out = {key: value / n for key, value in self.sums.items()}
+        out.update(
+            images_per_s=self.images / max(elapsed, 1e-9),
+            step_time=self.step_time / n,
+            data_wait=self.data_wait / n,
+            skipped_samples=float(self.skipped),
+            epoch_seconds=elapsed,
+        )
+        return out
+
+
+def _restore(engine: CMDEngine, config: dict[str, Any]) -> dict[str, Any] | None:
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        state = load_checkpoint(folder, config)
+    engine.load_state_dict(state["engine"])
+    return state
+
+
+def _report(metrics: dict[str, Any], state: dict[str, Any] | None, rank: int) -> None:
+    """Report on every rank (a barrier); rank 0 attaches the checkpoint."""
+    if state is None or rank != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        save_checkpoint(Path(tmp), state)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _progress_line(epoch: int, epochs: int, metrics: dict[str, float]) -> str:
+    return (
+        f"epoch {epoch}/{epochs} loss {metrics.get('loss', float('nan')):.4f} "
+        f"probe_top1 {metrics.get('probe_top1', float('nan')):.3f} "
+        f"knn {metrics.get('knn_top1', float('nan')):.3f} "
+        f"img/s {metrics.get('images_per_s', 0.0):.1f} wait {metrics.get('data_wait', 0.0) * 1e3:.0f}ms "
+        f"lr {metrics.get('lr', 0.0):.2e} t_temp {metrics.get('teacher_temp', 0.0):.3f}"
+    )
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point: `config` is `to_dict(TrainConfig)`, already validated."""
+    cfg: TrainConfig = build_config(config, source="train_loop_config")
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    threads = cfg.run.torch_threads or max(1, int(cfg.scaling.cpus_per_worker))
+    torch.set_num_threads(threads)
+    torch.manual_seed(cfg.run.seed)  # identical init on every rank before DDP broadcasts
+
+    steps = steps_per_epoch(cfg.data, world)
+    global_batch = cfg.data.batch_size * world * cfg.optim.accumulate
+    engine = CMDEngine(cfg.model, cfg.loss, cfg.optim, steps_per_epoch=steps,
+                       global_batch=global_batch, device=device,
+                       wrap_student=ray.train.torch.prepare_model,
+                       amp_dtype=amp_dtype(cfg.scaling.amp, device))
+    views_rng = torch.Generator(device="cpu")
+
+    start_epoch, start_step, best, history = 0, 0, 0.0, []
+    saved = _restore(engine, config)
+    if saved is not None:
+        start_epoch, start_step = saved["epoch"], saved["step"]
+        best, history = saved["best_probe_top1"], list(saved["history"])
+        set_rng_state(saved["epoch_rng"] if start_step else saved["rng"])
+        if rank == 0:
+            print(f"[train] resumed at epoch {start_epoch + 1}, step {start_step}", flush=True)
+
+    last_eval: dict[str, float] = {}
+    for epoch in range(start_epoch, cfg.optim.epochs):
+        epoch_rng = rng_state()
+        loader = iter(train_loader(cfg.data, rank, world, epoch))
+        first = start_step if epoch == start_epoch else 0
+        for _ in range(first):  # mid-epoch resume: replay the loader to its position
+            next(loader)
+        if first and saved is not None:
+            set_rng_state(saved["rng"])
+        meter = EpochMeter()
+        for step in range(first, steps):
+            t0 = time.perf_counter()
+            batch = next(loader)
+            t1 = time.perf_counter()
+            views_rng.manual_seed(hash((cfg.run.seed, epoch, step, rank)) % 2**63)  # resumable
+            views = to_model_input(batch["globals"] + batch["locals"], cfg.data.crops, device, views_rng)
+            it = epoch * steps + step
+            try:
+                metrics = engine.train_step(views, it, epoch)
+            except Exception as exc:  # engine's NonFiniteLossError names the term
+                if "non-finite" in str(exc).lower() or "nan" in str(exc).lower():
+                    raise NonFiniteTrainingError(f"epoch {epoch + 1} step {step}: {exc}") from exc
+                raise
+            if not math.isfinite(metrics.get("loss", 0.0)):
+                raise NonFiniteTrainingError(f"epoch {epoch + 1} step {step}: loss is {metrics['loss']}")
+            meter.add(metrics, images=len(batch["label"]) * world, wait=t1 - t0,
+                      step=time.perf_counter() - t1, skipped=int(batch.get("skipped", 0)))
+            every = cfg.run.checkpoint_every_steps
+            if every and (step + 1) % every == 0 and step + 1 < steps:
+                state = _state(engine, cfg, epoch, step + 1, best, history, epoch_rng)
+                _report({"epoch": epoch + (step + 1) / steps, "probe_top1": last_eval.get("probe_top1", 0.0),
+                         **meter.summary()}, state, rank)
+            if cfg.run.log_every_steps and rank == 0 and (step + 1) % cfg.run.log_every_steps == 0:
+                print(f"[train] epoch {epoch + 1} step {step + 1}/{steps} loss {metrics['loss']:.4f}", flush=True)
+
+        epoch_metrics = meter.summary()
+        done = epoch + 1
+        if rank == 0 and (done % cfg.eval.probe_every == 0 or done == cfg.optim.epochs):
+            last_eval = evaluate_backbone(engine.teacher_backbone, cfg.data, cfg.eval, device, seed=cfg.run.seed)
+        best = max(best, last_eval.get("probe_top1", 0.0))
+        epoch_metrics.update(last_eval)
+        epoch_metrics.update(epoch=done, best_probe_top1=best)
+        epoch_metrics.setdefault("probe_top1", 0.0)
+        history.append({k: float(v) for k, v in epoch_metrics.items()})
+        state = _state(engine, cfg, done, 0, best, history, rng_state())
+        if rank == 0:
+            print("[train] " + _progress_line(done, cfg.optim.epochs, epoch_metrics), flush=True)
+        _report(epoch_metrics, state, rank)
+
+
+def _state(engine: CMDEngine, cfg: TrainConfig, epoch: int, step: int, best: float,
+           history: list[dict[str, float]], epoch_rng: dict[str, Any]) -> dict[str, Any]:
+    """What a resumed run needs: (epoch, step) is the next step to run."""
+    return {
+        "engine": engine.state_dict(),
+        "epoch": epoch,
+        "step": step,
+        "best_probe_top1": best,
+        "history": history,
+        "rng": rng_state(),
+        "epoch_rng": epoch_rng,
+        "config": to_dict(cfg),
+    }

@@ -1,0 +1,91 @@
+"""A real local Ray head for tests: `ray start --head` on 127.0.0.1 in its own temp folder.
+
+Stopped by killing only the processes that run from that folder, never `ray stop`, which
+would kill every Ray process on the machine.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RayHead:
+    temp_dir: Path
+    gcs_address: str
+    dashboard_url: str
+    env: dict[str, str]
+
+    def stop(self) -> None:
+        marker = str(self.temp_dir)
+        procs = []
+        for proc in psutil.process_iter(["cmdline"]):
+            try:
+                if any(marker in part for part in proc.info["cmdline"] or []):
+                    procs.append(proc)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        for proc in procs:
+            try:
+                proc.send_signal(signal.SIGTERM)
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=10)
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def start_head(num_cpus: int = 2, resources: str | None = None) -> RayHead:
+    """Start a head with the dashboard on (Tune-over-Train needs it) and auth off for tests."""
+    temp_dir = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    port, dash = free_port(), free_port()
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
+               PATH=f"{BIN}:{os.environ.get('PATH', '')}")
+    env.pop("RAY_ADDRESS", None)
+    cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+           f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
+           f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+           f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+           f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]
+    if resources:
+        cmd.append(f"--resources={resources}")
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=180)
+    head = RayHead(temp_dir, f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}", env)
+    head.env["RAY_ADDRESS"] = head.gcs_address
+    _wait_dashboard(head)
+    return head
+
+
+def _wait_dashboard(head: RayHead, timeout: float = 60.0) -> None:
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{head.dashboard_url}/api/version", timeout=2)
+            return
+        except OSError:
+            time.sleep(1)
+    raise RuntimeError(f"Ray dashboard at {head.dashboard_url} did not come up")

@@ -1,0 +1,80 @@
+"""Study files: each kind of bad space gets an error naming the key and the file."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.config import ConfigError
+from harness.space import load_study
+
+ROOT = Path(__file__).resolve().parent.parent
+SPACES = sorted((ROOT / "tune_spaces").glob("*.yaml"))
+
+
+def study_file(tmp_path: Path, **changes) -> Path:
+    data = yaml.safe_load((ROOT / "tune_spaces/demo.yaml").read_text())
+    for key, value in changes.items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("space", SPACES, ids=[p.stem for p in SPACES])
+def test_shipped_spaces_are_valid(space):
+    study = load_study(space)
+    assert study.points, "the base config is evaluated first"
+    for point in study.points:
+        study.trial_config(point)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"space": {"loss.mil_wieght": {"type": "uniform", "low": 0, "high": 1}}},
+     "space key 'loss.mil_wieght' is not a training config field"),
+    ({"space": {"loss.mil_weight": {"type": "uniform", "low": 1.0, "high": 1.0}}},
+     "space 'loss.mil_weight' is an empty range"),
+    ({"space": {"loss.mil_pooling": {"type": "choice", "values": ["sum"]}}},
+     "space 'loss.mil_pooling' choice needs at least 2 values"),
+    ({"space": {"loss.mil_weight": {"type": "uniform", "low": 0.1, "high": 2.0}},
+      "points_to_evaluate": [{"loss.mil_weight": 5.0}]},
+     "'points_to_evaluate[0].loss.mil_weight' = 5.0 is outside the space"),
+    ({"space": {"loss.student_temp": {"type": "uniform", "low": 0.0, "high": 0.2}}},
+     "space 'loss.student_temp' can sample 0.0, which is invalid"),
+    ({"space": {"data.crops.local_crops": {"type": "uniform", "low": 2, "high": 6}}},
+     "space 'data.crops.local_crops' is an int field"),
+    ({"space": {"loss.teacher_temp": {"type": "loguniform", "low": 0.0, "high": 0.1}}},
+     "loguniform needs low > 0"),
+    ({"space": {"loss.mil_weight": {"type": "normal", "low": 0, "high": 1}}}, "needs 'type' in"),
+    ({"serach": {"num_samples": 2}}, "unknown key 'serach'"),
+    ({"search": {"num_samples": "many"}}, "'search.num_samples' must be int"),
+    ({"scheduler": {"type": "asha", "max_t": 2, "grace_period": 3, "reduction_factor": 2}},
+     "grace_period <= max_t"),
+])
+def test_bad_space_errors_name_key_and_file(tmp_path, change, message):
+    path = study_file(tmp_path, **change)
+    with pytest.raises(ConfigError) as err:
+        load_study(path)
+    assert message in str(err.value)
+    assert str(path) in str(err.value)
+
+
+def test_int_bounds_are_inclusive(tmp_path):
+    study = load_study(study_file(tmp_path, space={"data.crops.local_crops": {"type": "int", "low": 2, "high": 3}}))
+    domain = study.space[0].tune_domain()
+    samples = {domain.sample() for _ in range(200)}
+    assert samples == {2, 3}
+
+
+def test_default_point_is_the_base_config(tmp_path):
+    study = load_study(study_file(tmp_path, points_to_evaluate=None))
+    base = study.base
+    assert study.points == [{
+        "loss.image_weight": base.loss.image_weight, "loss.region_weight": base.loss.region_weight,
+        "loss.mil_weight": base.loss.mil_weight, "loss.teacher_temp": base.loss.teacher_temp,
+        "data.crops.local_crops": base.data.crops.local_crops,
+    }]
