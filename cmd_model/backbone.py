@@ -1,0 +1,192 @@
+"""Backbone wrapper: any timm ViT or Swin by name -> (pooled feature, final-stage tokens).
+
+CMD needs both a pooled image feature (for the image head) and the final-stage tokens (for the
+dense head, the region matching and the MIL bag); timm models expose them differently, so this
+module hides the difference behind `Backbone.forward` and `Backbone.features`.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from cmd_model.config import ModelConfig
+
+FEATURE_KINDS = ("cls", "avgpool", "last4", "last4cls")
+_STRIP_PREFIXES = ("module.", "backbone.", "_orig_mod.")
+
+
+class Backbone(nn.Module):
+    """A timm ViT (tokens with prefix tokens) or Swin (NHWC grid) behind one interface.
+
+    ViT: pooled = CLS token after the final norm (DINO / EsViT ViT); tokens = patch tokens, CLS and
+    register tokens excluded. Swin: tokens = final-stage tokens after the final norm, flattened;
+    pooled = their average (EsViT swin_transformer.py `forward_features`: norm then avgpool).
+    """
+
+    def __init__(self, model: nn.Module, name: str) -> None:
+        super().__init__()
+        self.model = model
+        self.name = name
+        self.family = _family(model, name)
+        self.embed_dim: int = int(model.num_features)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (pooled (B, D), tokens (B, N, D))."""
+        out = self.model.forward_features(x)
+        if self.family == "swin":
+            tokens = out.flatten(1, 2)  # timm Swin is NHWC
+            return tokens.mean(dim=1), tokens
+        npt = int(getattr(self.model, "num_prefix_tokens", 0))
+        tokens = out[:, npt:]
+        if getattr(self.model, "has_class_token", npt > 0) and npt > 0:
+            return out[:, 0], tokens
+        return tokens.mean(dim=1), tokens
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor, kind: str = "cls") -> torch.Tensor:
+        """Evaluation feature of `kind`.
+
+        "cls": the pooled feature (CLS for ViT, token average for Swin: what kNN uses in the
+        official eval_knn.py); "avgpool": mean of the final tokens; "last4": concatenation of the
+        average-pooled outputs of the last 4 blocks (EsViT `forward_return_n_last_blocks`, the
+        official linear-probe feature: 2304-d for Swin-T); "last4cls": DINO's ViT linear-probe
+        feature (CLS of the last 4 blocks, each through the final norm).
+        """
+        if kind == "cls":
+            return self.forward(x)[0]
+        if kind == "avgpool":
+            return self.forward(x)[1].mean(dim=1)
+        if kind in ("last4", "last4cls"):
+            return self._last_blocks(x, 4, cls=kind == "last4cls")
+        raise ValueError(f"unknown feature kind {kind!r}; expected one of {FEATURE_KINDS}")
+
+    def _last_blocks(self, x: torch.Tensor, n: int, cls: bool) -> torch.Tensor:
+        m = self.model
+        if self.family == "swin":
+            if cls:
+                raise ValueError("feature 'last4cls' needs a class token; Swin has none (use 'last4')")
+            outs: list[tuple[int, torch.Tensor]] = []
+            h = m.patch_embed(x)
+            last_stage = len(m.layers) - 1
+            for si, stage in enumerate(m.layers):
+                h = stage.downsample(h)
+                for blk in stage.blocks:
+                    h = blk(h)
+                    outs.append((si, h))
+            feats = []
+            for si, h_ in outs[-n:]:
+                # EsViT applies the final norm only to last-stage blocks (its width is the last one's)
+                h_ = m.norm(h_) if si == last_stage else h_
+                feats.append(h_.mean(dim=(1, 2)))
+            return torch.cat(feats, dim=1)
+        n = min(n, len(m.blocks))
+        inter = m.forward_intermediates(
+            x, indices=n, norm=True, output_fmt="NLC", intermediates_only=True, return_prefix_tokens=cls
+        )
+        if cls:
+            if not getattr(m, "has_class_token", False):
+                raise ValueError(f"feature 'last4cls' needs a class token; {self.name} has none")
+            return torch.cat([prefix[:, 0] for _, prefix in inter], dim=1)
+        return torch.cat([t.mean(dim=1) for t in inter], dim=1)
+
+    def feature_dim(self, kind: str) -> int:
+        """Width of `features(x, kind)` without running the model."""
+        if kind in ("cls", "avgpool"):
+            return self.embed_dim
+        if self.family == "swin":
+            dims = [int(stage.blocks[0].norm1.normalized_shape[0]) for stage in self.model.layers for _ in stage.blocks]
+            return sum(dims[-4:])
+        return self.embed_dim * min(4, len(self.model.blocks))
+
+
+def _family(model: nn.Module, name: str) -> str:
+    from timm.models.swin_transformer import SwinTransformer
+
+    if isinstance(model, SwinTransformer):
+        return "swin"
+    if hasattr(model, "blocks") and hasattr(model, "num_prefix_tokens") and hasattr(model, "forward_intermediates"):
+        return "vit"
+    raise ValueError(
+        f"backbone {name!r} ({type(model).__name__}) is neither a timm ViT-like model "
+        "(blocks + num_prefix_tokens) nor a timm SwinTransformer"
+    )
+
+
+def build_backbone(cfg: ModelConfig) -> Backbone:
+    """Create the timm model by name with random init (nothing is downloaded), then optionally
+    load `cfg.init_checkpoint` (the paper starts from an ImageNet EsViT checkpoint)."""
+    kwargs: dict[str, Any] = dict(cfg.backbone_kwargs)
+    if cfg.dynamic_img_size:
+        kwargs.setdefault("dynamic_img_size", True)
+    try:
+        model = timm.create_model(
+            cfg.backbone, pretrained=False, num_classes=0, drop_path_rate=cfg.drop_path_rate, **kwargs
+        )
+    except (RuntimeError, TypeError, ValueError) as exc:  # unknown name or kwarg
+        raise ValueError(f"model.backbone={cfg.backbone!r} with backbone_kwargs={kwargs}: {exc}") from exc
+    backbone = Backbone(model, cfg.backbone)
+    if cfg.init_checkpoint:
+        load_backbone_checkpoint(backbone, cfg.init_checkpoint, cfg.init_checkpoint_key)
+    return backbone
+
+
+def load_backbone_checkpoint(backbone: Backbone, path: str, key: str = "teacher") -> None:
+    """Load a local DINO / EsViT / timm state dict into the backbone.
+
+    Takes `state[key]` when present (DINO and EsViT save "teacher" and "student"), strips the
+    DDP/MultiCropWrapper prefixes, drops the DINO heads, runs timm's own checkpoint filter for the
+    model family (which converts original-Swin / DINO key layouts and resizes position tables),
+    and fails naming the missing and unexpected keys.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"model.init_checkpoint: no file at {path}") from exc
+    except Exception as exc:  # pickle with custom classes, corrupt file
+        raise ValueError(f"model.init_checkpoint {path}: cannot be read with weights_only=True: {exc}") from exc
+    if key and isinstance(state, dict) and key in state:
+        state = state[key]
+    elif isinstance(state, dict):
+        for k in ("state_dict", "model"):
+            if k in state and isinstance(state[k], dict):
+                state = state[k]
+                break
+    if not isinstance(state, dict):
+        raise ValueError(f"model.init_checkpoint {path}: expected a state dict, got {type(state).__name__}")
+    cleaned: dict[str, torch.Tensor] = {}
+    for k, v in state.items():
+        if not isinstance(v, torch.Tensor):
+            continue
+        changed = True
+        while changed:
+            changed = False
+            for p in _STRIP_PREFIXES:
+                if k.startswith(p):
+                    k, changed = k[len(p):], True
+        cleaned[k] = v
+    model = backbone.model
+    own = set(model.state_dict().keys())
+    cleaned = {k: v for k, v in cleaned.items() if k in own or not k.split(".")[0].startswith("head")}
+    module = importlib.import_module(type(model).__module__)
+    filt = getattr(module, "checkpoint_filter_fn", None)
+    if filt is not None:
+        try:
+            cleaned = filt(cleaned, model)
+        except Exception:  # noqa: BLE001 - filter is best effort; key errors are reported below
+            pass
+    try:
+        result = model.load_state_dict(cleaned, strict=False)
+    except RuntimeError as exc:  # shape mismatch
+        raise ValueError(f"model.init_checkpoint {path} (key {key!r}) does not fit {backbone.name}: {exc}") from exc
+    missing = [k for k in result.missing_keys if not k.endswith("relative_position_index")]
+    unexpected = list(result.unexpected_keys)
+    if missing or unexpected:
+        raise ValueError(
+            f"model.init_checkpoint {path} (key {key!r}) does not fit {backbone.name}: "
+            f"missing keys {missing[:20]}{' ...' if len(missing) > 20 else ''}; "
+            f"unexpected keys {unexpected[:20]}{' ...' if len(unexpected) > 20 else ''}"
+        )

@@ -1,0 +1,83 @@
+"""Evaluation: feature extraction, fast probe, paper probe, kNN and retrieval on known answers."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cmd_model.backbone import build_backbone
+from cmd_model.evaluate import extract_features
+from cmd_model.knn import knn_top1
+from cmd_model.probe import linear_probe, paper_probe
+from cmd_model.retrieval import retrieval
+from cmd_model.tiny import tiny_vit_config
+
+torch.set_num_threads(2)
+
+
+def _clusters(n_per=30, classes=5, dim=16, spread=0.3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(classes, dim, generator=g) * 3
+    y = torch.arange(classes).repeat_interleave(n_per)
+    x = centers[y] + spread * torch.randn(len(y), dim, generator=g)
+    perm = torch.randperm(len(y), generator=g)
+    return x[perm], y[perm]
+
+
+def test_probe_and_knn_separable_clusters_are_perfect_shuffled_labels_are_chance():
+    xtr, ytr = _clusters(seed=0)
+    xte, yte = _clusters(seed=0)
+    xte = xte + 0.1 * torch.randn_like(xte)
+    assert linear_probe(xtr, ytr, xte, yte, epochs=50, weight_decay=1e-4, seed=0) == 1.0
+    assert knn_top1(xtr, ytr, xte, yte, ks=(1, 10, 20), T=0.07) == {1: 1.0, 10: 1.0, 20: 1.0}
+    assert paper_probe(xtr, ytr, xte, yte, epochs=20, batch_size=32, lr=2.0, seed=0) == 1.0
+    g = torch.Generator().manual_seed(1)
+    noise_tr, noise_te = torch.randn(300, 16, generator=g), torch.randn(300, 16, generator=g)
+    ytr_s, yte_s = torch.randint(0, 5, (300,), generator=g), torch.randint(0, 5, (300,), generator=g)
+    assert linear_probe(noise_tr, ytr_s, noise_te, yte_s, epochs=50, seed=0) < 0.35
+    assert knn_top1(noise_tr, ytr_s, noise_te, yte_s, ks=(20,))[20] < 0.35
+    # deterministic for a seed
+    assert linear_probe(xtr, ytr_s[:150], xte, yte, epochs=20, seed=3) == linear_probe(
+        xtr, ytr_s[:150], xte, yte, epochs=20, seed=3)
+
+
+def test_knn_weighted_vote_by_hand():
+    train = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.6, 0.8]])
+    labels = torch.tensor([0, 1, 1])
+    q, qy = torch.tensor([[1.0, 0.0]]), torch.tensor([0])
+    # T 0.07: exp(1/.07) > exp(.8/.07) + exp(.6/.07): class 0 wins; T 10: the two class-1 votes win
+    assert knn_top1(train, labels, q, qy, ks=(1, 3), T=0.07) == {1: 1.0, 3: 1.0}
+    assert knn_top1(train, labels, q, qy, ks=(3,), T=10.0) == {3: 0.0}
+    assert knn_top1(train, labels, q, qy, ks=(200,), T=10.0) == {200: 0.0}  # k > n uses all
+
+
+def test_retrieval_by_hand_and_modes():
+    # query (label 0) ranks the gallery: g1 (1), g0 (0), g3 (1), g2 (0)
+    gallery = torch.tensor([[0.9, 0.1], [1.0, 0.0], [-1.0, 0.0], [0.5, -0.5]])
+    g_y = torch.tensor([0, 1, 0, 1])
+    q, q_y = torch.tensor([[1.0, 0.0]]), torch.tensor([0])
+    r = retrieval(q, q_y, "test_vs_train", gallery, g_y)
+    assert r["rank1"] == 0.0 and r["rank5"] == 1.0
+    assert r["map100"] == pytest.approx((1 / 2 + 2 / 4) / 2)
+    # every9: queries are test indices 0, 9, 18; gallery = train + the other test images
+    xte, yte = _clusters(n_per=4, classes=5)  # 20 test images
+    xtr, ytr = _clusters(n_per=6, classes=5, seed=0)  # same centers, other samples
+    r = retrieval(xte, yte, "every9", xtr, ytr)
+    assert r["queries"] == 3 and r["gallery"] == 30 + 17
+    assert r["rank1"] == 1.0 and r["map100"] == 1.0
+    with pytest.raises(ValueError, match="needs train_feats"):
+        retrieval(xte, yte, "test_vs_train")
+
+
+def test_extract_features_from_a_loader():
+    bb = build_backbone(tiny_vit_config())
+    bb.train()
+    g = torch.Generator().manual_seed(0)
+    loader = [(torch.randn(3, 3, 32, 32, generator=g), torch.tensor([0, 1, 2])) for _ in range(2)]
+    x, y = extract_features(bb, loader, "last4", "cpu")
+    assert x.shape == (6, 96) and x.dtype == torch.float32 and y.tolist() == [0, 1, 2, 0, 1, 2]
+    assert bb.training  # mode restored
+    x2, _ = extract_features(bb, loader, "last4", "cpu")
+    assert torch.equal(x, x2)  # eval mode: deterministic
+    assert math.isfinite(float(x.sum()))
