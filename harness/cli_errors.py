@@ -6,15 +6,12 @@ import sys
 from typing import Callable
 
 from harness.config import ConfigError
+from shards.errors import DatasetLayoutError, ManifestError, ShardIntegrityError
 
 # Errors whose message already says what is wrong and where; anything else is a bug.
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
-try:  # the shard package's own input errors
-    from shards.errors import DatasetLayoutError, ShardIntegrityError
-
-    USER_ERRORS += (DatasetLayoutError, ShardIntegrityError)
-except ImportError:  # pragma: no cover - older shard package
-    pass
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError, FileNotFoundError, DatasetLayoutError, ManifestError, ShardIntegrityError,
+)
 
 
 def exit_on_user_error(main: Callable[..., int]) -> Callable[..., int]:

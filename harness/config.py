@@ -34,8 +34,10 @@ class ScalingConfig:
     resources_per_worker: dict[str, float] = field(default_factory=dict)
     # Resources of each Tune trial's driver process (the one that calls TorchTrainer.fit).
     # CPU 0 keeps drivers from starving the workers (RAY_NOTES.md: a silent hang otherwise);
-    # on a cluster, `trial_driver: 0.01` pins drivers to non-preemptible nodes.
-    trial_driver_resources: dict[str, float] = field(default_factory=lambda: {"CPU": 0.0})
+    # Ray refuses an all-zero request, so the driver asks for the memory it uses (bytes).
+    # On a cluster, `trial_driver: 0.01` pins drivers to non-preemptible nodes.
+    trial_driver_resources: dict[str, float] = field(
+        default_factory=lambda: {"CPU": 0.0, "memory": 256 * 2**20})
     amp: str = "auto"  # "auto": bf16 on GPUs that support it, fp16 on older ones, off on CPU
 
 
@@ -50,6 +52,9 @@ class RunConfig:
     checkpoint_every_steps: int = 0  # 0: once per epoch only
     log_every_steps: int = 0  # 0: a progress line per epoch only
     torch_threads: int = 0  # 0: one per CPU given to the worker
+    # Stop (resumably) once this epoch is done, keeping the full optim.epochs schedule: for
+    # jobs with a time limit; rerun with 0 to continue. 0: run to optim.epochs.
+    stop_after_epoch: int = 0
 
 
 @dataclass
@@ -250,7 +255,7 @@ _NON_NEGATIVE = (
     "loss.mil_weight", "loss.warmup_teacher_temp_epochs", "optim.min_lr", "optim.warmup_epochs",
     "optim.weight_decay", "optim.weight_decay_end", "optim.clip_grad", "optim.freeze_last_layer",
     "scaling.cpus_per_worker", "scaling.gpus_per_worker", "run.max_failures",
-    "run.checkpoint_every_steps", "run.log_every_steps", "run.torch_threads",
+    "run.checkpoint_every_steps", "run.log_every_steps", "run.torch_threads", "run.stop_after_epoch",
 )
 _UNIT = (
     "data.fraction", "loss.center_momentum", "optim.momentum_teacher", "data.crops.color_jitter_p",

@@ -20,7 +20,8 @@ from cmd_model.engine import CMDEngine
 from harness.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from harness.config import TrainConfig, build_config, to_dict
 from harness.evaluation import evaluate_backbone
-from shards.pipeline import steps_per_epoch, to_model_input, train_loader
+from shards.augment import to_model_input
+from shards.pipeline import steps_per_epoch, train_loader
 
 
 class NonFiniteTrainingError(RuntimeError):
@@ -176,6 +177,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             print("[train] " + _progress_line(done, cfg.optim.epochs, epoch_metrics), flush=True)
         _report(epoch_metrics, state, rank)
+        if done == cfg.run.stop_after_epoch and done < cfg.optim.epochs:
+            if rank == 0:
+                print(f"[train] stopping after epoch {done} as asked (run.stop_after_epoch); "
+                      "rerun without it to continue", flush=True)
+            return
 
 
 def _state(engine: CMDEngine, cfg: TrainConfig, epoch: int, step: int, best: float,

@@ -1,0 +1,84 @@
+"""End to end on a real Ray head: train.py resume, a 2-trial study, and `ray job submit`."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from harness.config import build_config, load_config
+from tests.tiny import tiny_base, write_tiny_study
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def run_cli(args: list[str], env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def epoch_history(run_dir: Path) -> list[dict]:
+    """Per-epoch metrics stored in the run's latest checkpoint."""
+    states = sorted(run_dir.glob("checkpoint_*/state.pt"))
+    state = torch.load(max(states, key=lambda p: p.stat().st_mtime), weights_only=True)
+    return state["history"]
+
+
+def test_train_resume_matches_uninterrupted_run(ray_head, demo_shards, tmp_path):
+    from harness.train import run
+
+    base = tiny_base(demo_shards)
+    base["run"] = {"storage": str(tmp_path)}
+    full = run(build_config(base, {"optim.epochs": 2}), "full")
+    run(build_config(base, {"optim.epochs": 2, "run.stop_after_epoch": 1}), "resumed")
+    resumed = run(build_config(base, {"optim.epochs": 2}), "resumed")  # continues at epoch 2
+
+    assert full["epoch"] == resumed["epoch"] == 2
+    a, b = epoch_history(tmp_path / "full"), epoch_history(tmp_path / "resumed")
+    assert len(a) == len(b) == 2
+    for key in ("loss", "loss_image", "loss_region", "loss_mil_student", "probe_top1"):
+        assert a[1][key] == pytest.approx(b[1][key], rel=1e-5, abs=1e-6), key
+
+
+def test_tune_study_writes_dataframe_and_best_config(ray_head, demo_shards, tmp_path):
+    space = write_tiny_study(tmp_path / "tiny.yaml", demo_shards, tmp_path / "runs", num_samples=2)
+    proc = run_cli(["harness/tune.py", "--space", str(space)], ray_head.env)
+    assert "random-init backbone: probe_top1" in proc.stdout
+    folder = tmp_path / "runs" / "tiny"
+    frame = pd.read_parquet(folder / "results.parquet")
+    assert len(frame) == 2
+    assert frame["probe_top1"].between(0, 1).all()
+    assert set(frame["stop_reason"]) <= {"completed", "early_stopped"}
+    assert {"loss.mil_weight", "data.crops.local_crops", "best_probe_top1", "checkpoint_path"} <= set(frame)
+    assert pd.read_csv(folder / "results.csv")["trial_id"].tolist() == frame["trial_id"].tolist()
+    best = json.loads((folder / "best.json").read_text())
+    assert best["trial_id"] in set(frame["trial_id"])
+    assert Path(best["checkpoint_path"]).is_dir()
+
+    cfg = load_config(folder / "best_config.yaml")  # a full training config, as train.py takes it
+    assert cfg.loss.mil_weight == pytest.approx(best["params"]["loss.mil_weight"])
+    out = run_cli(["harness/train.py", "--config", str(folder / "best_config.yaml"), "--name", "again",
+                   f"run.storage={tmp_path / 'again'}"], ray_head.env)
+    assert "[train] done: probe_top1" in out.stdout
+
+
+def test_ray_job_submit_runs_a_study(ray_head, demo_shards, tmp_path):
+    """The path users take: `ray job submit --working-dir . -- python harness/tune.py`."""
+    space = write_tiny_study(tmp_path / "job.yaml", demo_shards, tmp_path / "runs", num_samples=1)
+    ray_bin = Path(sys.executable).parent / "ray"
+    proc = subprocess.run(
+        [str(ray_bin), "job", "submit", "--address", ray_head.dashboard_url, "--working-dir", ".",
+         "--", "python", "harness/tune.py", "--space", str(space), "--no-baseline"],
+        cwd=ROOT, env=ray_head.env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "succeeded" in out.lower(), out[-4000:]
+    frame = pd.read_parquet(tmp_path / "runs" / "tiny" / "results.parquet")
+    assert len(frame) == 1 and frame["probe_top1"].notna().all()
