@@ -152,13 +152,20 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def field_paths(cls: type = TrainConfig, prefix: str = "") -> dict[str, Any]:
-    """Every dotted leaf key of the config with its type: what a search space may name."""
+    """Every dotted leaf key of the config with its type: what a search space may name.
+
+    Items of fixed-length tuples are leaves too (`data.crops.local_scale.1`), so one end of a
+    range such as a crop scale can be searched.
+    """
     out: dict[str, Any] = {}
     for name, tp in typing.get_type_hints(cls).items():
         if dataclasses.is_dataclass(tp):
             out.update(field_paths(tp, f"{prefix}{name}."))
-        else:
-            out[f"{prefix}{name}"] = tp
+            continue
+        out[f"{prefix}{name}"] = tp
+        args = typing.get_args(tp)
+        if typing.get_origin(tp) is tuple and args and Ellipsis not in args:
+            out.update({f"{prefix}{name}.{i}": a for i, a in enumerate(args)})
     return out
 
 
@@ -167,14 +174,25 @@ def field_paths(cls: type = TrainConfig, prefix: str = "") -> dict[str, Any]:
 
 
 def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
-    """Set `a.b.c` in a nested dict, creating mappings on the way."""
-    node = tree
+    """Set `a.b.c` in a nested dict, creating mappings on the way; `a.b.0` sets a tuple item."""
+    node: Any = tree
     parts = key.split(".")
-    for part in parts[:-1]:
+    for i, part in enumerate(parts[:-1]):
+        if parts[i + 1].isdigit():  # the next part indexes a tuple field: start from its value
+            current = node.get(part, get_dotted(TrainConfig(), ".".join(parts[: i + 1])))
+            node[part] = list(current)
+            node = node[part]
+            break
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override '{key}': '{part}' is not a section")
-    node[parts[-1]] = value
+    last = parts[-1]
+    if isinstance(node, list):
+        if int(last) >= len(node):
+            raise ConfigError(f"override '{key}': index {last} is out of range")
+        node[int(last)] = value
+    else:
+        node[last] = value
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -202,16 +220,38 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """`top` laid over `base`, section by section."""
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
 def base_section(data: dict[str, Any], path: Path) -> dict[str, Any]:
-    """The training config inside a file: a space file's `base:` (inline or a path), or the file."""
+    """The training config inside a file: a space file's `base:`, or the file itself.
+
+    `base` may be a path, or a mapping whose `extends: FILE` names a config it overrides, so
+    the per-dataset studies share one paper recipe.
+    """
+    def resolve(ref: str) -> Path:
+        return Path(ref) if Path(ref).is_absolute() else path.parent / ref
+
+    if "extends" in data:
+        parent = resolve(data["extends"])
+        rest = {k: v for k, v in data.items() if k != "extends"}
+        return deep_merge(base_section(read_yaml(parent), parent), rest)
     if "base" not in data:
         return data
     base = data["base"]
     if isinstance(base, str):
-        return base_section(read_yaml(path.parent / base if not Path(base).is_absolute() else base), path)
+        return base_section(read_yaml(resolve(base)), resolve(base))
     if not isinstance(base, dict):
         raise ConfigError(f"{path}: 'base' must be a mapping or a path to a config file")
-    return base
+    return base_section(base, path)
 
 
 def build_config(values: dict[str, Any], overrides: dict[str, Any] | None = None,
@@ -265,7 +305,7 @@ _UNIT = (
 
 def get_dotted(cfg: Any, key: str) -> Any:
     for part in key.split("."):
-        cfg = getattr(cfg, part)
+        cfg = cfg[int(part)] if part.isdigit() else getattr(cfg, part)
     return cfg
 
 
