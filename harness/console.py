@@ -52,6 +52,11 @@ class TrialProgress(Callback):
 def first_error_line(trial: Any) -> str:
     """The meaningful line of a trial's error (Ray wraps it in several layers)."""
     error = getattr(trial, "error_msg", None) or str(getattr(trial, "error", "") or "")
+    if not error and hasattr(trial, "get_error"):  # Ray 2.60 Trial: the error.txt in its folder
+        try:
+            error = trial.get_error() or ""
+        except Exception:  # noqa: BLE001 - a missing or unreadable file leaves "unknown error"
+            error = ""
     lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
     for line in reversed(lines):
         if "Error" in line or "error" in line:

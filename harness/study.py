@@ -21,7 +21,8 @@ from harness.space import Study
 from harness.trainer import build_trainer
 
 
-def trial_driver(params: dict[str, Any], base: dict[str, Any], train_storage: str) -> None:
+def trial_driver(params: dict[str, Any], base: dict[str, Any], train_storage: str,
+                 verbose: bool = False) -> None:
     """One trial: the base config plus the sampled values, trained by a TorchTrainer.
 
     The Train run is named by the trial id, so a restored study resumes each unfinished trial
@@ -30,7 +31,7 @@ def trial_driver(params: dict[str, Any], base: dict[str, Any], train_storage: st
     cfg = build_config(base, params, source="trial")
     cfg.run.storage = train_storage
     trial_id = tune.get_context().get_trial_id()
-    build_trainer(cfg, name=f"train-{trial_id}", callbacks=[TuneReportCallback()]).fit()
+    build_trainer(cfg, name=f"train-{trial_id}", callbacks=[TuneReportCallback()], verbose=verbose).fit()
 
 
 def _searcher(study: Study) -> Any:
@@ -80,7 +81,7 @@ def build_tuner(study: Study, study_dir: Path, retry_errored: bool = False,
     """A new Tuner, or the interrupted study restored (finished trials are kept, not re-run)."""
     trainable = tune.with_resources(
         tune.with_parameters(trial_driver, base=study.base_dict,
-                             train_storage=str(study_dir / "train")),
+                             train_storage=str(study_dir / "train"), verbose=verbose),
         resources=dict(study.base.scaling.trial_driver_resources),
     )
     param_space = {d.key: d.tune_domain() for d in study.space}

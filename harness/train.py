@@ -41,7 +41,7 @@ def run(cfg: TrainConfig, name: str, verbose: bool = False) -> dict:
     from harness.trainer import build_trainer
 
     connect(verbose=verbose)
-    result = build_trainer(cfg, name).fit()
+    result = build_trainer(cfg, name, verbose=verbose).fit()
     metrics = dict(result.metrics or {})
     metrics["checkpoint_path"] = result.checkpoint.path if result.checkpoint else None
     return metrics

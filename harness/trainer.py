@@ -24,8 +24,12 @@ def worker_resources(cfg: TrainConfig) -> dict[str, float]:
     return resources
 
 
-def build_trainer(cfg: TrainConfig, name: str, callbacks: list[Any] | None = None) -> TorchTrainer:
-    """One run = one TorchTrainer; rerun with the same storage and `name` resumes it."""
+def build_trainer(cfg: TrainConfig, name: str, callbacks: list[Any] | None = None,
+                  verbose: bool = False) -> TorchTrainer:
+    """One run = one TorchTrainer; rerun with the same storage and `name` resumes it.
+
+    Ray Train's own INFO logs (placement, per-report lines) only with `verbose`.
+    """
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=to_dict(cfg),
@@ -43,6 +47,7 @@ def build_trainer(cfg: TrainConfig, name: str, callbacks: list[Any] | None = Non
                 num_to_keep=2, checkpoint_score_attribute="probe_top1", checkpoint_score_order="max"
             ),
             callbacks=callbacks or [],
+            logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
         ),
     )
 

@@ -92,14 +92,15 @@ def main(argv: list[str] | None = None) -> int:
               f"knn_top1 {baseline['knn_top1']:.4f}", flush=True)
 
     from harness.console import summary_table
-    from harness.ray_session import connect
+    from harness.ray_session import connect, quiet_tune
     from harness.report import write_plots
     from harness.results import collect, write_results
     from harness.study import build_tuner, unschedulable
 
     import ray
 
-    connect(verbose=args.verbose)
+    quiet_tune(args.verbose)
+    connect(verbose=args.verbose, log_to_driver=args.verbose)
     for problem in unschedulable(study, ray.cluster_resources()):
         print(f"[study] warning: a trial cannot be scheduled on the cluster as it is now ({problem}); "
               "it waits for an autoscaler to add nodes", flush=True)

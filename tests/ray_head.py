@@ -63,7 +63,9 @@ def start_head(num_cpus: int = 2, resources: str | None = None) -> RayHead:
     port, dash = free_port(), free_port()
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
                PATH=f"{BIN}:{os.environ.get('PATH', '')}")
-    env.pop("RAY_ADDRESS", None)
+    # The head's own processes (e.g. Train's placement-group cleaner) must find this instance
+    # even when another Ray instance runs on the machine.
+    env["RAY_ADDRESS"] = f"127.0.0.1:{port}"
     cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
            f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
            f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}", "--disable-usage-stats",
@@ -73,7 +75,6 @@ def start_head(num_cpus: int = 2, resources: str | None = None) -> RayHead:
         cmd.append(f"--resources={resources}")
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=180)
     head = RayHead(temp_dir, f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}", env)
-    head.env["RAY_ADDRESS"] = head.gcs_address
     _wait_dashboard(head)
     return head
 
