@@ -64,7 +64,7 @@ def _trackers(study: Study, study_dir: Path) -> list[Any]:
 
         uri = mlflow.get("tracking_uri") if isinstance(mlflow, dict) else None
         callbacks.append(MLflowLoggerCallback(
-            tracking_uri=uri or (study_dir / "mlruns").resolve().as_uri(),
+            tracking_uri=uri or f"sqlite:///{(study_dir / 'mlflow.db').resolve()}",
             experiment_name=study.name, save_artifact=False))
     wandb = study.trackers.get("wandb")
     if wandb:

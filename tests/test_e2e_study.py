@@ -48,7 +48,9 @@ def test_train_resume_matches_uninterrupted_run(ray_head, demo_shards, tmp_path)
 
 
 def test_tune_study_writes_dataframe_and_best_config(ray_head, demo_shards, tmp_path):
-    space = write_tiny_study(tmp_path / "tiny.yaml", demo_shards, tmp_path / "runs", num_samples=2)
+    mlruns = f"sqlite:///{tmp_path / 'mlflow.db'}"  # a local MLflow store
+    space = write_tiny_study(tmp_path / "tiny.yaml", demo_shards, tmp_path / "runs", num_samples=2,
+                             trackers={"mlflow": {"tracking_uri": mlruns}})
     proc = run_cli(["harness/tune.py", "--space", str(space)], ray_head.env)
     assert "random-init backbone: probe_top1" in proc.stdout
     folder = tmp_path / "runs" / "tiny"
@@ -61,6 +63,13 @@ def test_tune_study_writes_dataframe_and_best_config(ray_head, demo_shards, tmp_
     best = json.loads((folder / "best.json").read_text())
     assert best["trial_id"] in set(frame["trial_id"])
     assert Path(best["checkpoint_path"]).is_dir()
+
+    assert len(list(folder.glob("trial_driver_*/events.out.tfevents.*"))) == 2  # TensorBoard, always
+    import mlflow
+
+    mlflow.set_tracking_uri(mlruns)
+    runs = mlflow.search_runs(experiment_names=["tiny"])
+    assert len(runs) == 2 and runs["metrics.probe_top1"].between(0, 1).all()
 
     cfg = load_config(folder / "best_config.yaml")  # a full training config, as train.py takes it
     assert cfg.loss.mil_weight == pytest.approx(best["params"]["loss.mil_weight"])
