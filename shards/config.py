@@ -42,5 +42,6 @@ class DataConfig:
     shuffle_buffer: int = 256
     verify: bool = True  # sha256 of each shard against the manifest before reading
     fraction: float = 1.0  # fraction of the train split used (multi-fidelity)
+    resampled: bool = False  # True: each loader slot draws shards at random with replacement (no exact epochs)
     seed: int = 0
     crops: CropConfig = field(default_factory=CropConfig)

@@ -1,0 +1,46 @@
+"""JPEG bytes -> uint8 (3,H,W) tensor.
+
+torchvision.io.decode_jpeg (libjpeg-turbo) is used: on this project's 2-core x86 box it
+decodes a 500x375 JPEG in 0.83 ms vs Pillow's 1.08 ms, and the crops that follow are
+3.6x faster on the tensor (bicubic, antialiased) than with PIL's resize(box=...); see
+shards/README.md. Pillow is the fallback for non-JPEG bytes (PNG etc.).
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from torch import Tensor
+
+try:  # the op behind torchvision.io.decode_jpeg (which warns it is deprecated since 0.29, per call)
+    import torchvision.io  # noqa: F401  (registers torch.ops.image)
+    from torchvision.io import ImageReadMode
+
+    _JPEG = torch.ops.image.decode_jpeg
+    _RGB = ImageReadMode.RGB.value
+except Exception:  # torchvision without image ops: Pillow decodes everything
+    _JPEG = None
+
+
+class UndecodableImage(ValueError):
+    """The bytes are not a complete, decodable image (truncated, corrupt, empty)."""
+
+
+def decode_image(data: bytes) -> Tensor:
+    """Decode image bytes to RGB uint8 (3,H,W); raises UndecodableImage on truncated/corrupt data."""
+    if not data:
+        raise UndecodableImage("empty image")
+    if data[:2] == b"\xff\xd8" and _JPEG is not None:
+        try:
+            return _JPEG(torch.frombuffer(bytearray(data), dtype=torch.uint8), _RGB, False)
+        except RuntimeError as e:
+            raise UndecodableImage(f"JPEG decode failed: {str(e).splitlines()[-1][:200]}") from None
+    try:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as im:
+            arr = np.array(im.convert("RGB"))
+    except Exception as e:
+        raise UndecodableImage(f"{type(e).__name__}: {e}") from None
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()

@@ -1,0 +1,14 @@
+"""Error types of the shard package, so callers can catch data problems by kind."""
+from __future__ import annotations
+
+
+class DatasetLayoutError(ValueError):
+    """A dataset folder is missing or is not in the layout asked for (message names path + expectation)."""
+
+
+class ManifestError(ValueError):
+    """A manifest is missing, unreadable, or lacks the split asked for."""
+
+
+class ShardIntegrityError(RuntimeError):
+    """A shard is missing, or its sha256 / size differs from the manifest (message names the shard)."""

@@ -1,0 +1,187 @@
+"""manifest.json: what a shard folder holds (splits, shards, counts, checksums, classes).
+
+The manifest is the single source of truth the loader trusts: split sizes fix the epoch
+length, sha256 per shard catches corruption before training reads it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ManifestError, ShardIntegrityError
+from .urls import is_remote, join, local_path, open_url
+
+MANIFEST_NAME = "manifest.json"
+PARTIAL_NAME = "manifest.partial.json"
+FORMAT_VERSION = 1
+
+
+def tool_version() -> str:
+    """The installed cmd-harness version, recorded so a manifest says what wrote it."""
+    try:
+        from importlib.metadata import version
+
+        return version("cmd-harness")
+    except Exception:
+        return "0+unknown"
+
+
+@dataclass
+class ShardRecord:
+    """One tar shard: file name (relative to the manifest), samples, sha256, size in bytes."""
+
+    name: str
+    count: int
+    sha256: str
+    bytes: int
+    plan: str = ""  # digest of the source items + options that produced it (resume check)
+
+
+@dataclass
+class Manifest:
+    """A shard folder's contents. `base` is where it was loaded from (not saved)."""
+
+    dataset: str
+    classes: list[str]
+    splits: dict[str, list[ShardRecord]]
+    layout: str = ""
+    source: str = ""  # the dataset root that was written
+    options: dict[str, Any] = field(default_factory=dict)
+    version: str = field(default_factory=tool_version)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    format: int = FORMAT_VERSION
+    base: str = ""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def split_names(self) -> list[str]:
+        return list(self.splits)
+
+    def shards(self, split: str) -> list[ShardRecord]:
+        """The split's shard records; a missing split names the ones that exist."""
+        if split not in self.splits:
+            raise ManifestError(
+                f"split {split!r} is not in {self.location()} (it has: {', '.join(self.splits) or 'none'})"
+            )
+        return self.splits[split]
+
+    def split_size(self, split: str) -> int:
+        return sum(r.count for r in self.shards(split))
+
+    def shard_url(self, record: ShardRecord) -> str:
+        return join(self.base, record.name)
+
+    def location(self) -> str:
+        return join(self.base, MANIFEST_NAME) if self.base else MANIFEST_NAME
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("base")
+        d["splits"] = {
+            s: {"count": sum(r.count for r in recs), "shards": [asdict(r) for r in recs]}
+            for s, recs in self.splits.items()
+        }
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], base: str = "") -> "Manifest":
+        splits = {
+            s: [ShardRecord(**r) for r in (v["shards"] if isinstance(v, dict) else v)]
+            for s, v in d.get("splits", {}).items()
+        }
+        known = {k: d[k] for k in ("layout", "source", "options", "version", "skipped", "format") if k in d}
+        return cls(dataset=d["dataset"], classes=list(d["classes"]), splits=splits, base=base, **known)
+
+
+def save_manifest(manifest: Manifest, path: Path) -> None:
+    """Write atomically (tmp + rename) so an interrupted write never leaves half a manifest."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(manifest.to_dict(), indent=1, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def load_manifest(path_or_dir: str | os.PathLike) -> Manifest:
+    """Read a manifest from a shard folder / URL prefix or the manifest file itself."""
+    s = str(path_or_dir)
+    if s.endswith(".json"):
+        url, base = s, s.rsplit("/", 1)[0] if "/" in s else "."
+        if not is_remote(s):
+            base = str(local_path(s).parent)
+    else:
+        url, base = join(s, MANIFEST_NAME), s
+    if not is_remote(url) and not local_path(url).is_file():
+        hint = ""
+        if local_path(base).is_dir() and (local_path(base) / PARTIAL_NAME).exists():
+            hint = " (a manifest.partial.json is there: the write was interrupted; run it again to resume)"
+        raise ManifestError(f"no shard manifest at {url}{hint}; write one with `python -m shards.write`")
+    try:
+        with open_url(url) as f:
+            d = json.loads(f.read().decode("utf-8"))
+        return Manifest.from_dict(d, base=base)
+    except ManifestError:
+        raise
+    except Exception as e:  # unreadable / not JSON / wrong fields
+        raise ManifestError(f"cannot read shard manifest {url}: {type(e).__name__}: {e}") from e
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 of a file (or URL) streamed in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open_url(str(path)) as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+_VERIFIED: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256, per process
+
+
+def check_shard(manifest: Manifest, record: ShardRecord, checksum: bool = True) -> None:
+    """Raise ShardIntegrityError naming the shard if it is missing, the wrong size or the wrong sha256.
+
+    Remote shards are only checked when `checksum` is set (it downloads them).
+    Local results are cached per process by (path, size, mtime) so each epoch does not re-hash.
+    """
+    url = manifest.shard_url(record)
+    if is_remote(url):
+        if checksum:
+            try:
+                digest = sha256_file(url)
+            except Exception as e:
+                raise ShardIntegrityError(f"shard {record.name} cannot be read at {url}: {e}") from e
+            if digest != record.sha256:
+                raise ShardIntegrityError(f"shard {record.name} at {url}: sha256 {digest[:12]}... "
+                                          f"!= manifest {record.sha256[:12]}... (corrupted or replaced)")
+        return
+    p = local_path(url)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise ShardIntegrityError(f"shard {record.name} is missing: {p} (listed in {manifest.location()})") from None
+    if st.st_size != record.bytes:
+        raise ShardIntegrityError(
+            f"shard {record.name} at {p} is {st.st_size} bytes, manifest says {record.bytes} (truncated or replaced)")
+    if not checksum:
+        return
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    digest = _VERIFIED.get(key) or sha256_file(p)
+    if digest != record.sha256:
+        raise ShardIntegrityError(
+            f"shard {record.name} at {p}: sha256 {digest[:12]}... != manifest {record.sha256[:12]}... (corrupted)")
+    _VERIFIED[key] = digest
+
+
+def verify_split(manifest: Manifest, split: str, checksum: bool = True) -> None:
+    """Check every shard of a split exists and matches its sha256; the error names the first bad shard."""
+    for rec in manifest.shards(split):
+        check_shard(manifest, rec, checksum=checksum)

@@ -1,0 +1,336 @@
+"""Write a dataset as WebDataset tar shards + manifest.json (CLI: `python -m shards.write LAYOUT ...`).
+
+Each sample is KEY.jpg (the source JPEG bytes, re-encoded only to resize or crop),
+KEY.cls (label as ASCII) and KEY.json (source path, class, split, size, extras).
+Shards are written in parallel processes and the run is resumable: finished shards are
+recorded in manifest.partial.json and kept on the next run when their sha256 still matches.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import multiprocessing as mp
+import os
+import random
+import sys
+import tarfile
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import DatasetLayoutError
+from .layouts import LAYOUTS, DatasetIndex, Item, index_dataset
+from .manifest import MANIFEST_NAME, PARTIAL_NAME, Manifest, ShardRecord, save_manifest, sha256_file
+
+JPEG_QUALITY = 95
+
+
+@dataclass
+class ShardJob:
+    """One shard to write: its name, the items (key, item, class name) and the encoding options."""
+
+    split: str
+    name: str
+    out: Path
+    root: Path
+    items: list[tuple[str, Item, str]]
+    max_side: int | None
+    plan: str = ""
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+
+def _plan_digest(job: ShardJob) -> str:
+    """Digest of what a shard should contain, so a resumed run never keeps a shard built from other inputs."""
+    h = hashlib.sha256()
+    h.update(json.dumps([job.split, job.name, job.max_side, JPEG_QUALITY]).encode())
+    for key, it, cname in job.items:
+        try:
+            size = it.path.stat().st_size
+        except OSError:
+            size = -1
+        h.update(json.dumps([key, str(it.path), size, it.label, cname, it.crop_bottom, it.extra],
+                            sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def encode_image(item: Item, max_side: int | None) -> tuple[bytes, int, int, float, bool]:
+    """Read and fully decode one image (catches truncation); return JPEG bytes, size, scale, re-encoded?
+
+    The original bytes are kept when the file is already an RGB/grey JPEG and nothing
+    has to change; otherwise it is converted to RGB, banner-cropped / resized, saved as JPEG.
+    """
+    from PIL import Image
+
+    raw = item.path.read_bytes()
+    with Image.open(io.BytesIO(raw)) as im:
+        im.load()  # full decode: raises OSError on truncated data
+        fmt, (w, h) = im.format, im.size
+        crop = item.crop_bottom
+        if crop and h <= crop:
+            raise ValueError(f"image is {h} px tall, cannot remove a {crop} px banner")
+        hc = h - crop
+        scale = 1.0
+        if max_side and min(w, hc) > max_side:
+            scale = max_side / min(w, hc)
+        if fmt == "JPEG" and im.mode in ("RGB", "L") and not crop and scale == 1.0:
+            return raw, w, h, 1.0, False
+        img = im.convert("RGB")
+    if crop:
+        img = img.crop((0, 0, w, hc))
+    if scale != 1.0:
+        size = (max(1, round(w * scale)), max(1, round(hc * scale)))
+        img = img.resize(size, Image.BICUBIC, reducing_gap=3.0)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=JPEG_QUALITY)
+    return buf.getvalue(), img.width, img.height, scale, True
+
+
+def _scaled_extra(extra: dict[str, Any], scale: float, height: int) -> dict[str, Any]:
+    """Bounding boxes follow the stored image: scaled with it and clipped to a cropped banner."""
+    out = dict(extra)
+    if "bbox" in out:
+        x, y, bw, bh = (float(v) * scale for v in out["bbox"])
+        bh = max(0.0, min(bh, height - y))
+        out["bbox"] = [round(x, 2), round(y, 2), round(bw, 2), round(bh, 2)]
+    return out
+
+
+def _reason(e: Exception) -> str:
+    """A short reason for a skipped file (PIL's messages name an in-memory buffer, not the file)."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(e, UnidentifiedImageError):
+        return "not an image file Pillow can read"
+    if isinstance(e, OSError) and "runcat" in str(e):
+        return f"truncated image ({e})"
+    return f"{type(e).__name__}: {e}"
+
+
+def _add(tw: tarfile.TarFile, name: str, data: bytes) -> None:
+    """Add one member with fixed metadata, so equal inputs give byte-identical shards."""
+    ti = tarfile.TarInfo(name)
+    ti.size, ti.mtime, ti.mode = len(data), 0, 0o444
+    tw.addfile(ti, io.BytesIO(data))
+
+
+def write_shard(job: ShardJob) -> tuple[ShardRecord, list[dict[str, str]]]:
+    """Write one shard (the WebDataset tar format: KEY.ext members, grouped by KEY) to NAME.tmp then
+    rename; unreadable images are skipped with their reason."""
+    final = job.out / job.name
+    tmp = job.out / (job.name + ".tmp")
+    skipped: list[dict[str, str]] = []
+    count = 0
+    with open(tmp, "wb") as f:
+        tw = tarfile.open(fileobj=f, mode="w|", format=tarfile.USTAR_FORMAT)
+        for key, it, cname in job.items:
+            try:
+                jpg, w, h, scale, reenc = encode_image(it, job.max_side)
+            except Exception as e:  # truncated / unreadable / not an image: skip, never fatal
+                skipped.append({"path": str(it.path), "split": job.split, "shard": job.name, "reason": _reason(e)})
+                continue
+            try:
+                rel = it.path.relative_to(job.root).as_posix()
+            except ValueError:
+                rel = str(it.path)
+            meta = {"path": rel, "class": cname, "label": it.label, "split": job.split,
+                    "width": w, "height": h, **_scaled_extra(it.extra, scale, h)}
+            if reenc:
+                meta["reencoded"] = True
+            _add(tw, f"{key}.cls", str(it.label).encode())
+            _add(tw, f"{key}.jpg", jpg)
+            _add(tw, f"{key}.json", json.dumps(meta, sort_keys=True).encode())
+            count += 1
+        tw.close()
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    rec = ShardRecord(job.name, count, sha256_file(final), final.stat().st_size, job.plan)
+    return rec, skipped
+
+
+def plan_jobs(index: DatasetIndex, out: Path, shard_size: int, max_side: int | None,
+              seed: int, shuffle: bool) -> list[ShardJob]:
+    """Cut each split into shards of `shard_size` items, shuffled once (seeded) so shards mix classes."""
+    jobs = []
+    for split, items in index.splits.items():
+        items = list(items)
+        if shuffle:
+            random.Random(f"{seed}:{split}").shuffle(items)
+        keyed = [(f"{split}_{i:07d}", it, index.classes[it.label]) for i, it in enumerate(items)]
+        for s in range(0, len(keyed), shard_size):
+            job = ShardJob(split, f"{split}-{s // shard_size:06d}.tar", out, index.root,
+                           keyed[s:s + shard_size], max_side)
+            job.plan = _plan_digest(job)
+            jobs.append(job)
+    return jobs
+
+
+def _previous_records(out: Path) -> tuple[dict[str, ShardRecord], dict[str, list[dict[str, str]]]]:
+    """Shard records (and their skipped files) from an earlier finished or interrupted run."""
+    recs: dict[str, ShardRecord] = {}
+    skipped: dict[str, list[dict[str, str]]] = {}
+    for name in (MANIFEST_NAME, PARTIAL_NAME):
+        p = out / name
+        if not p.is_file():
+            continue
+        try:
+            m = Manifest.from_dict(json.loads(p.read_text()))
+        except Exception:
+            continue  # a damaged record file only costs a rewrite
+        for r in (r for rs in m.splits.values() for r in rs):
+            recs[r.name] = r
+        for s in m.skipped:
+            same = skipped.setdefault(s.get("shard", ""), [])
+            if s not in same:  # both record files may list it
+                same.append(s)
+    return recs, skipped
+
+
+def _reusable(job: ShardJob, rec: ShardRecord | None) -> bool:
+    path = job.out / job.name
+    if rec is None or rec.plan != job.plan or not path.is_file() or path.stat().st_size != rec.bytes:
+        return False
+    return sha256_file(path) == rec.sha256
+
+
+def _manifest(index: DatasetIndex, jobs: list[ShardJob], done: dict[str, ShardRecord],
+              skipped: list[dict[str, str]], options: dict[str, Any]) -> Manifest:
+    splits: dict[str, list[ShardRecord]] = {s: [] for s in index.splits}
+    for j in jobs:
+        if j.name in done:
+            splits[j.split].append(done[j.name])
+    return Manifest(dataset=index.name, classes=index.classes, splits=splits, layout=index.layout,
+                    source=str(index.root), options=options, skipped=skipped)
+
+
+def write_dataset(layout: str, root: Path, out: Path, shard_size: int = 1000, max_side: int | None = None,
+                  workers: int = 1, *, seed: int = 0, shuffle: bool = True, progress: bool = True,
+                  **layout_opts: Any) -> Path:
+    """Write `root` (in `layout`) as shards into `out`; returns the manifest path. Resumes earlier runs."""
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    if max_side is not None and max_side < 8:
+        raise ValueError(f"max_side must be >= 8 px, got {max_side}")
+    root, out = Path(root).expanduser(), Path(out).expanduser()
+    index = index_dataset(layout, root, **layout_opts)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("*.tar.tmp"):
+        stale.unlink()
+    jobs = plan_jobs(index, out, shard_size, max_side, seed, shuffle)
+    options = {"shard_size": shard_size, "max_side": max_side, "seed": seed, "shuffle": shuffle,
+               "jpeg_quality": JPEG_QUALITY, **index.options}
+    prev, prev_skipped = _previous_records(out)
+    done: dict[str, ShardRecord] = {}
+    skipped: list[dict[str, str]] = []
+    todo = []
+    for j in jobs:
+        if _reusable(j, prev.get(j.name)):
+            done[j.name] = prev[j.name]
+            skipped += prev_skipped.get(j.name, [])
+        else:
+            todo.append(j)
+    kept = len(done)
+    total = sum(len(j.items) for j in jobs)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=sum(len(j.items) for j in jobs if j.name in done), unit="img",
+               desc=f"{index.name} -> {out}", disable=not progress, file=sys.stderr)
+
+    def finish(job: ShardJob, rec: ShardRecord, sk: list[dict[str, str]]) -> None:
+        done[job.name] = rec
+        skipped.extend(sk)
+        save_manifest(_manifest(index, jobs, done, skipped, options), out / PARTIAL_NAME)
+        bar.update(len(job.items))
+
+    try:
+        if workers <= 1 or len(todo) <= 1:
+            for j in todo:
+                finish(j, *write_shard(j))
+        else:
+            with ProcessPoolExecutor(min(workers, len(todo)), mp_context=mp.get_context("spawn")) as ex:
+                pending: dict[Future, ShardJob] = {ex.submit(write_shard, j): j for j in todo}
+                while pending:
+                    fin, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in fin:
+                        finish(pending.pop(fut), *fut.result())
+    finally:
+        bar.close()
+    manifest = _manifest(index, jobs, done, skipped, options)
+    path = out / MANIFEST_NAME
+    save_manifest(manifest, path)
+    (out / PARTIAL_NAME).unlink(missing_ok=True)
+    if progress:
+        print(summary(manifest, kept=kept), file=sys.stderr)
+    return path
+
+
+def summary(m: Manifest, kept: int = 0) -> str:
+    """Human summary: images per split, classes, bytes, skipped files with reasons."""
+    n_shards = sum(len(v) for v in m.splits.values())
+    size = sum(r.bytes for v in m.splits.values() for r in v)
+    per_split = ", ".join(f"{s} {m.split_size(s)}" for s in m.splits)
+    lines = [f"{m.dataset}: {sum(m.split_size(s) for s in m.splits)} images ({per_split}), "
+             f"{m.num_classes} classes, {n_shards} shards, {size / 1e6:.1f} MB"
+             + (f", {kept} shards kept from an earlier run" if kept else "")]
+    if m.skipped:
+        lines.append(f"skipped {len(m.skipped)} unreadable files:")
+        lines += [f"  {s['path']}: {s['reason']}" for s in m.skipped]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m shards.write",
+        description="Write a dataset in its official layout as WebDataset tar shards + manifest.json.")
+    p.add_argument("layout", choices=LAYOUTS, help="dataset layout of --root")
+    p.add_argument("--root", required=True, type=Path, help="dataset folder as its official release unpacks")
+    p.add_argument("--out", required=True, type=Path, help="folder for the shards and manifest.json")
+    p.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+    p.add_argument("--max-side", type=int, default=None,
+                   help="resize so the shorter side is at most this many pixels (default: keep)")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="parallel writer processes (default min(4, CPUs))")
+    p.add_argument("--seed", type=int, default=0, help="seed of the one-off sample shuffle (default 0)")
+    p.add_argument("--no-shuffle", action="store_true", help="keep the source order inside shards")
+    p.add_argument("--name", default=None, help="dataset name in the manifest (default: the layout's)")
+    p.add_argument("--level", choices=("variant", "family", "manufacturer"), default="variant",
+                   help="aircraft: label granularity (default variant, 100 classes)")
+    p.add_argument("--aircraft-trainval", action="store_true",
+                   help="aircraft: also write the official trainval split")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    return p
+
+
+def layout_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The CLI options that apply to the chosen layout."""
+    opts: dict[str, Any] = {}
+    if args.name:
+        opts["name"] = args.name
+    if args.layout == "aircraft":
+        opts.update(level=args.level, trainval=args.aircraft_trainval)
+    return opts
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        path = write_dataset(args.layout, args.root, args.out, args.shard_size, args.max_side, args.workers,
+                             seed=args.seed, shuffle=not args.no_shuffle, progress=not args.quiet,
+                             **layout_options(args))
+    except (DatasetLayoutError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: finished shards are recorded in {args.out / PARTIAL_NAME}; "
+              "run the same command again to resume", file=sys.stderr)
+        return 130
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""The streaming multi-crop loader on real shards: equal batches, exactly-once epochs, bad shards."""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import warnings
+
+import pytest
+import torch
+
+from shards.config import DataConfig
+from shards.errors import ShardIntegrityError
+from shards.manifest import load_manifest
+from shards.pipeline import eval_loader, steps_per_epoch, train_loader
+from tests.shard_fixtures import (jpeg_bytes, manifest_from_tars, small_crops, tiny_shards,  # noqa: F401
+                                  unique_label_shards, write_tar_shard)
+
+
+def _cfg(shards, **kw) -> DataConfig:
+    base = dict(shards=str(shards), batch_size=4, num_workers=0, shuffle_buffer=8, crops=small_crops())
+    base.update(kw)
+    return DataConfig(**base)
+
+
+def _labels(loader) -> list[int]:
+    return [int(x) for b in loader for x in b["label"]]
+
+
+def test_exactly_once_per_epoch_across_ranks_and_workers(unique_label_shards):
+    # 48 samples in shards of 7,7,...,6: world x batch x steps == 48 -> each sample exactly once
+    for world, workers, batch in ((1, 0, 4), (2, 2, 4), (3, 1, 4), (4, 0, 3), (2, 0, 8)):
+        cfg = _cfg(unique_label_shards, batch_size=batch, num_workers=workers)
+        assert steps_per_epoch(cfg, world) * world * batch == 48
+        seen = collections.Counter()
+        for rank in range(world):
+            seen.update(_labels(train_loader(cfg, rank, world, epoch=3)))
+        assert sorted(seen) == list(range(48)) and set(seen.values()) == {1}, (world, workers)
+
+
+def test_epochs_shuffle_deterministically(unique_label_shards):
+    cfg = _cfg(unique_label_shards)
+    a, b, c = (_labels(train_loader(cfg, 0, 1, e)) for e in (0, 0, 1))
+    assert a == b and a != c and sorted(a) == sorted(c)
+    first = next(iter(train_loader(cfg, 0, 1, 0)))
+    again = next(iter(train_loader(cfg, 0, 1, 0)))
+    assert all(torch.equal(x, y) for x, y in zip(first["globals"] + first["locals"],
+                                                   again["globals"] + again["locals"]))
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2])
+def test_equal_full_batches_on_every_rank(tiny_shards, workers):
+    # 23 samples in 6 uneven shards (4,4,4,4,4,3); fewer shards than ranks x workers for most cases
+    cases = [(w, {}) for w in (1, 2, 3, 4)] + [(3, {"samples_per_epoch": 50}), (2, {"resampled": True})]
+    if workers == 0:  # in-process is cheap: every variant on every world size
+        cases += [(w, x) for w in (1, 2, 4) for x in ({"samples_per_epoch": 50}, {"resampled": True})]
+    for world, extra in cases:
+        cfg = _cfg(tiny_shards, batch_size=3, num_workers=workers, **extra)
+        steps = steps_per_epoch(cfg, world)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for rank in range(world):
+                loader = train_loader(cfg, rank, world, epoch=1)
+                batches = list(loader)
+                assert len(batches) == steps == len(loader), (world, rank, extra)
+                for b in batches:
+                    assert [tuple(g.shape) for g in b["globals"]] == [(3, 3, 16, 16)] * 2
+                    assert [tuple(x.shape) for x in b["locals"]] == [(3, 3, 8, 8)] * 2
+                    assert b["globals"][0].dtype == torch.uint8 and b["label"].dtype == torch.int64
+                    assert b["skipped"] == 0
+
+
+def test_steps_per_epoch_formula(tiny_shards):
+    assert steps_per_epoch(_cfg(tiny_shards, batch_size=2), 2) == 23 // 4
+    assert steps_per_epoch(_cfg(tiny_shards, batch_size=2, fraction=0.5), 2) == round(23 * 0.5) // 4
+    assert steps_per_epoch(_cfg(tiny_shards, batch_size=2, samples_per_epoch=100), 2) == 25
+    assert steps_per_epoch(_cfg(tiny_shards, batch_size=64), 4) == 1
+
+
+def test_warns_once_when_fewer_shards_than_slots(tiny_shards):
+    cfg = _cfg(tiny_shards, batch_size=2, num_workers=0, seed=99)
+    with pytest.warns(UserWarning, match="6 shards for 7 ranks"):
+        train_loader(cfg, 0, 7, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train_loader(cfg, 0, 7, 1)
+
+
+def test_corrupt_jpeg_is_skipped_and_counted(tmp_path):
+    good = [(f"s{i:03d}", jpeg_bytes(24, 20, seed=i), i % 2) for i in range(11)]
+    broken = jpeg_bytes(24, 20, seed=99)
+    samples = good[:5] + [("s999", broken[: len(broken) // 2], 0)] + good[5:]
+    recs = [write_tar_shard(tmp_path / "train-000000.tar", samples[:6]),
+            write_tar_shard(tmp_path / "train-000001.tar", samples[6:])]
+    manifest_from_tars(tmp_path, {"train": recs, "val": recs}, ["even", "odd"])
+    cfg = _cfg(tmp_path, batch_size=4)  # 12 samples -> 3 batches, one image undecodable
+    batches = list(train_loader(cfg, 0, 1, 0))
+    assert len(batches) == 3 and all(len(b["label"]) == 4 for b in batches)
+    assert sum(b["skipped"] for b in batches) == 1
+    ev = eval_loader(cfg, "val", batch_size=5)
+    n = sum(len(y) for _, y in ev)
+    assert n == 11 and ev.skipped == 1
+
+
+def test_split_without_any_decodable_image_fails_instead_of_spinning(tmp_path):
+    rec = write_tar_shard(tmp_path / "train-000000.tar", [(f"s{i}", b"\xff\xd8garbage", 0) for i in range(3)])
+    manifest_from_tars(tmp_path, {"train": [rec]}, ["x"])
+    with pytest.raises(ShardIntegrityError, match="undecodable"):
+        list(train_loader(_cfg(tmp_path, batch_size=2), 0, 1, 0))
+
+
+def test_tampered_or_missing_shard_fails_naming_it(tmp_path, tiny_shards):
+    import shutil
+
+    d = tmp_path / "copy"
+    shutil.copytree(tiny_shards, d)
+    p = d / "train-000002.tar"
+    data = bytearray(p.read_bytes())
+    data[1000] ^= 0x55
+    p.write_bytes(bytes(data))
+    with pytest.raises(ShardIntegrityError, match="train-000002.tar"):
+        train_loader(_cfg(d), 0, 1, 0)
+    p.unlink()
+    for verify in (True, False):
+        with pytest.raises(ShardIntegrityError, match="train-000002.tar.*missing"):
+            train_loader(_cfg(d, verify=verify), 0, 1, 0)
+
+
+def test_eval_loader_every_sample_once_in_order(tiny_shards):
+    cfg = _cfg(tiny_shards)
+    ev = eval_loader(cfg, "val", batch_size=3)
+    out = list(ev)
+    assert len(out) == len(ev) == 3
+    x = torch.cat([b[0] for b in out])
+    y = torch.cat([b[1] for b in out])
+    assert x.shape == (7, 3, 16, 16) and x.dtype == torch.float32
+    assert -3 < float(x.min()) < 0 < float(x.max()) < 3  # ImageNet-normalised
+    assert sorted(y.tolist()) == [0, 0, 0, 1, 1, 2, 2]
+    x2 = torch.cat([b[0] for b in eval_loader(cfg, "val", batch_size=7)])
+    assert torch.equal(x, x2)
+
+
+def test_photometric_modes(tiny_shards):
+    from shards.augment import to_model_input
+
+    base = _cfg(tiny_shards, batch_size=8)
+    raw = {}
+    for mode in ("none", "step", "loader"):
+        cfg = dataclasses.replace(base, crops=small_crops(photometric=mode))
+        raw[mode] = next(iter(train_loader(cfg, 0, 1, 0)))
+    # same geometric crops in every mode; photometric changes pixels only in "loader"
+    assert torch.equal(raw["none"]["globals"][0], raw["step"]["globals"][0])
+    assert not torch.equal(raw["none"]["globals"][0], raw["loader"]["globals"][0])
+    views = raw["step"]["globals"] + raw["step"]["locals"]
+    step_cfg = small_crops(photometric="step")
+    g = torch.Generator().manual_seed(0)
+    out = to_model_input(views, step_cfg, "cpu", g)
+    ref = to_model_input(views, small_crops(photometric="none"), "cpu")
+    assert [o.dtype for o in out] == [torch.float32] * 4 and out[0].shape == (8, 3, 16, 16)
+    assert not torch.equal(out[0], ref[0])
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    assert torch.allclose(ref[0], (views[0].float() / 255 - mean) / std, atol=1e-5)
+
+
+def test_shards_by_url_and_pipe(tiny_shards):
+    """file:// URLs and webdataset `pipe:` commands ({} = file name) read the same samples."""
+    local = _labels(train_loader(_cfg(tiny_shards), 0, 1, 0))
+    for loc in (tiny_shards.as_uri(), f"pipe:cat {tiny_shards}/{{}}"):
+        m = load_manifest(loc)
+        assert m.split_size("train") == 23
+        assert _labels(train_loader(_cfg(loc, verify=False), 0, 1, 0)) == local
+        assert sum(len(y) for _, y in eval_loader(_cfg(loc, verify=False), "val")) == 7
