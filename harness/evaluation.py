@@ -13,7 +13,7 @@ from shards.pipeline import eval_loader
 
 def evaluate_backbone(backbone: torch.nn.Module, data: DataConfig, ev: EvalConfig,
                       device: torch.device, seed: int = 0) -> dict[str, float]:
-    """probe_top1 (fast linear probe), knn_top1 (k=20) and Rank-1 retrieval on the val split.
+    """probe_top1 (fast linear probe), knn_top1 (k=20) and retrieval (Rank-1/5, mAP@100) on val.
 
     Features come from deterministic eval crops of the train and val splits, so two calls on
     the same backbone give the same numbers.
@@ -37,5 +37,7 @@ def evaluate_backbone(backbone: torch.nn.Module, data: DataConfig, ev: EvalConfi
         "probe_top1": float(top1),
         "knn_top1": float(knn[k]),
         "rank1": float(ret["rank1"]),
+        "rank5": float(ret["rank5"]),
+        "map100": float(ret["map100"]),
         "probe_seconds": time.perf_counter() - start,
     }

@@ -67,9 +67,9 @@ def _save(fig_png, fig_html, out: Path, stem: str, written: list[Path]) -> None:
     written += [out / f"{stem}.png", out / f"{stem}.html"]
 
 
-def write_plots(study: Study, study_dir: str | Path) -> list[Path]:
-    """All plots into study_dir/plots; returns the files written."""
-    out = Path(study_dir) / "plots"
+def write_plots(study: Study, study_dir: str | Path, out_dir: str | Path) -> list[Path]:
+    """All plots of the study at `study_dir` (folder or URI) into out_dir/plots."""
+    out = Path(out_dir) / "plots"
     out.mkdir(parents=True, exist_ok=True)
     trials, curves = collect(study, study_dir)
     written: list[Path] = []
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         raise FileNotFoundError(f"{folder}: not a study folder (no {STUDY_FILE})")
     study = load_study(folder / STUDY_FILE)
     best = write_results(study, folder, folder)
-    files = write_plots(study, folder)
+    files = write_plots(study, folder, folder)
     print(f"[report] {folder / TRIALS_PARQUET}, {folder / CURVES_PARQUET}, {len(files)} plot files in {folder / 'plots'}")
     if best:
         print(f"[report] best trial {best['trial_id']}: best {study.metric} {best['best_' + study.metric]:.4f}")

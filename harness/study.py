@@ -55,7 +55,7 @@ def _scheduler(study: Study) -> Any:
                          reduction_factor=study.scheduler.reduction_factor)
 
 
-def _trackers(study: Study, study_dir: Path) -> list[Any]:
+def _trackers(study: Study, local_dir: Path) -> list[Any]:
     """Opt-in experiment trackers through Ray's own logger callbacks (TensorBoard is Tune's default)."""
     callbacks: list[Any] = []
     mlflow = study.trackers.get("mlflow")
@@ -64,7 +64,7 @@ def _trackers(study: Study, study_dir: Path) -> list[Any]:
 
         uri = mlflow.get("tracking_uri") if isinstance(mlflow, dict) else None
         callbacks.append(MLflowLoggerCallback(
-            tracking_uri=uri or f"sqlite:///{(study_dir / 'mlflow.db').resolve()}",
+            tracking_uri=uri or f"sqlite:///{(local_dir / 'mlflow.db').resolve()}",
             experiment_name=study.name, save_artifact=False))
     wandb = study.trackers.get("wandb")
     if wandb:
@@ -76,20 +76,25 @@ def _trackers(study: Study, study_dir: Path) -> list[Any]:
     return callbacks
 
 
-def build_tuner(study: Study, study_dir: Path, retry_errored: bool = False,
+def build_tuner(study: Study, study_uri: str, local_dir: Path, retry_errored: bool = False,
                 verbose: bool = False) -> tune.Tuner:
-    """A new Tuner, or the interrupted study restored (finished trials are kept, not re-run)."""
+    """A new Tuner, or the interrupted study restored (finished trials are kept, not re-run).
+
+    `study_uri` is where Tune and Train write (a folder or an s3:// / gs:// URI shared by all
+    nodes); `local_dir` holds what the driver writes itself (MLflow's default store).
+    """
     trainable = tune.with_resources(
         tune.with_parameters(trial_driver, base=study.base_dict,
-                             train_storage=str(study_dir / "train"), verbose=verbose),
+                             train_storage=f"{study_uri}/train", verbose=verbose),
         resources=dict(study.base.scaling.trial_driver_resources),
     )
     param_space = {d.key: d.tune_domain() for d in study.space}
-    if tune.Tuner.can_restore(str(study_dir)):
-        print(f"[study] resuming {study_dir}: finished trials are kept"
+    if tune.Tuner.can_restore(study_uri):
+        print(f"[study] resuming {study_uri}: finished trials are kept"
               + ("; errored trials are retried" if retry_errored else ""), flush=True)
-        return tune.Tuner.restore(str(study_dir), trainable=trainable, param_space=param_space,
+        return tune.Tuner.restore(study_uri, trainable=trainable, param_space=param_space,
                                   resume_unfinished=True, resume_errored=retry_errored)
+    storage, name = study_uri.rsplit("/", 1)
     return tune.Tuner(
         trainable,
         param_space=param_space,
@@ -99,8 +104,8 @@ def build_tuner(study: Study, study_dir: Path, retry_errored: bool = False,
             max_concurrent_trials=study.search.max_concurrent,
         ),
         run_config=tune.RunConfig(
-            name=study_dir.name, storage_path=str(study_dir.parent),
-            callbacks=[TrialProgress(study.metric, study.scheduler.max_t), *_trackers(study, study_dir)],
+            name=name, storage_path=storage,
+            callbacks=[TrialProgress(study.metric, study.scheduler.max_t), *_trackers(study, local_dir)],
             failure_config=tune.FailureConfig(max_failures=0),
             verbose=1 if verbose else 0,
         ),

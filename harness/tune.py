@@ -50,14 +50,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def study_folder(study: Study, args: argparse.Namespace) -> Path:
+def study_location(study: Study, args: argparse.Namespace) -> tuple[str, Path]:
+    """(where Tune and Train write: a folder or a bucket URI, the local folder for results).
+
+    With a bucket, every node writes checkpoints and trial state there, and the results files
+    are written locally (./runs/NAME) and copied next to them at the end.
+    """
     name = args.name or study.name
     if args.restart:
         name = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = args.storage or study.storage
-    if is_remote(storage):  # Tune syncs remote storage itself; results are written locally too
-        return Path("runs").resolve() / name
-    return Path(storage).expanduser().resolve() / name
+    if is_remote(storage):
+        return f"{storage.rstrip('/')}/{name}", Path("runs").resolve() / name
+    local = Path(storage).expanduser().resolve() / name
+    return str(local), local
+
+
+def upload(local: Path, uri: str) -> None:
+    """Copy the results files next to the study's trials in the bucket."""
+    import pyarrow.fs
+
+    pyarrow.fs.copy_files(str(local), uri)
 
 
 def random_init_baseline(study: Study) -> dict[str, float]:
@@ -81,9 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         study.search.num_samples = args.num_samples
     study.base = prepare_paths(study.base, args.space)
     study.base_dict = to_dict(study.base)
-    folder = study_folder(study, args)
+    uri, folder = study_location(study, args)
     print(f"[study] {study.name}: {study.search.num_samples} trials x <= {study.scheduler.max_t} epochs, "
-          f"{len(study.space)} parameters, {study.search.max_concurrent} at once; folder {folder}",
+          f"{len(study.space)} parameters, {study.search.max_concurrent} at once; folder {uri}",
           flush=True)
 
     baseline = {} if args.no_baseline else random_init_baseline(study)
@@ -105,15 +118,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[study] warning: a trial cannot be scheduled on the cluster as it is now ({problem}); "
               "it waits for an autoscaler to add nodes", flush=True)
     study.save(folder)
-    tuner = build_tuner(study, folder, retry_errored=args.retry_errored, verbose=args.verbose)
+    tuner = build_tuner(study, uri, folder, retry_errored=args.retry_errored, verbose=args.verbose)
     tuner.fit()
 
-    best = write_results(study, folder, folder)
+    best = write_results(study, uri, folder)
     if baseline:
         best["random_init"] = baseline
         (folder / "best.json").write_text(json.dumps(best, indent=2))
-    write_plots(study, folder)
-    trials, _ = collect(study, folder)
+    write_plots(study, uri, folder)
+    trials, _ = collect(study, uri)
     print("\n" + summary_table(trials, study.metric, study.mode, [d.key for d in study.space]))
     for _, row in trials[trials["status"] == "ERROR"].iterrows():
         print(f"[study] errored {row['trial_id']}: {row['error']} (rerun with --retry-errored)")
@@ -124,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
         print(f"[study] best config: {folder / 'best_config.yaml'}\n[study] best checkpoint: {best['checkpoint_path']}")
     print(f"[study] results: {folder / 'results.parquet'} (pandas.read_parquet), plots in {folder / 'plots'}")
+    if is_remote(uri):
+        upload(folder, uri)
+        print(f"[study] results copied to {uri}")
     return 0 if best else 1
 
 

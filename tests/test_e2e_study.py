@@ -80,14 +80,17 @@ def test_tune_study_writes_dataframe_and_best_config(ray_head, demo_shards, tmp_
 
 def test_ray_job_submit_runs_a_study(ray_head, demo_shards, tmp_path):
     """The path users take: `ray job submit --working-dir . -- python harness/tune.py`."""
+    # Storage as a URI, as on a cluster (s3:// / gs://): Tune and Train write through pyarrow.fs
+    bucket = f"file://{tmp_path / 'bucket'}"
     space = write_tiny_study(tmp_path / "job.yaml", demo_shards, tmp_path / "runs", num_samples=1)
     ray_bin = Path(sys.executable).parent / "ray"
     proc = subprocess.run(
         [str(ray_bin), "job", "submit", "--address", ray_head.dashboard_url, "--working-dir", ".",
-         "--", "python", "harness/tune.py", "--space", str(space), "--no-baseline"],
+         "--", "python", "harness/tune.py", "--space", str(space), "--no-baseline", "--storage", bucket],
         cwd=ROOT, env=ray_head.env, capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert "succeeded" in out.lower(), out[-4000:]
-    frame = pd.read_parquet(tmp_path / "runs" / "tiny" / "results.parquet")
+    frame = pd.read_parquet(tmp_path / "bucket" / "tiny" / "results.parquet")
     assert len(frame) == 1 and frame["probe_top1"].notna().all()
+    assert list((tmp_path / "bucket" / "tiny" / "train").glob("train-*/checkpoint_*/state.pt"))
