@@ -36,7 +36,9 @@ def trial_driver(params: dict[str, Any], base: dict[str, Any], train_storage: st
 
 def _searcher(study: Study) -> Any:
     if study.search.sampler == "random":
-        return BasicVariantGenerator(points_to_evaluate=study.points, random_state=study.search.seed)
+        # Tune ignores max_concurrent_trials for this searcher: it must be given here.
+        return BasicVariantGenerator(points_to_evaluate=study.points, random_state=study.search.seed,
+                                     max_concurrent=study.search.max_concurrent)
     import optuna
 
     return BudgetAwareOptunaSearch(
