@@ -36,7 +36,7 @@ class TrialProgress(Callback):
         epoch = result.get("epoch", 0)
         if float(epoch).is_integer():
             self._say(f"{trial.trial_id} epoch {int(epoch)}/{self.max_epochs} "
-                      f"{self.metric} {result.get(self.metric, float('nan')):.4f} "
+                      f"{self.metric} {_fmt(result.get(self.metric))} "
                       f"loss {result.get('loss', float('nan')):.4f}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -47,6 +47,11 @@ class TrialProgress(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._say(f"{trial.trial_id} ERROR: {first_error_line(trial)}")
+
+
+def _fmt(value: Any) -> str:
+    """A metric for the console: '-' when this epoch did not measure it."""
+    return "-" if value is None or value != value else f"{value:.4f}"
 
 
 def first_error_line(trial: Any) -> str:

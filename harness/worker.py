@@ -159,7 +159,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             every = cfg.run.checkpoint_every_steps
             if every and (step + 1) % every == 0 and step + 1 < steps:
                 state = _state(engine, cfg, epoch, step + 1, best, history, epoch_rng)
-                _report({"epoch": epoch + (step + 1) / steps, "probe_top1": last_eval.get("probe_top1", 0.0),
+                _report({"epoch": epoch + (step + 1) / steps, "probe_top1": last_eval.get("probe_top1", float("nan")),
                          **meter.summary()}, state, rank)
             if cfg.run.log_every_steps and rank == 0 and (step + 1) % cfg.run.log_every_steps == 0:
                 print(f"[train] epoch {epoch + 1} step {step + 1}/{steps} loss {metrics['loss']:.4f}", flush=True)
@@ -171,7 +171,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         best = max(best, last_eval.get("probe_top1", 0.0))
         epoch_metrics.update(last_eval)
         epoch_metrics.update(epoch=done, best_probe_top1=best)
-        epoch_metrics.setdefault("probe_top1", 0.0)
+        epoch_metrics.setdefault("probe_top1", float("nan"))  # not measured yet (eval.probe_every)
         history.append({k: float(v) for k, v in epoch_metrics.items()})
         state = _state(engine, cfg, done, 0, best, history, rng_state())
         if rank == 0:
