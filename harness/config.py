@@ -33,7 +33,7 @@ class ScalingConfig:
     gpus_per_worker: float = 0.0  # 0 with use_gpu: one GPU per worker
     resources_per_worker: dict[str, float] = field(default_factory=dict)
     # Resources of each Tune trial's driver process (the one that calls TorchTrainer.fit).
-    # CPU 0 keeps drivers from starving the workers (RAY_NOTES.md: a silent hang otherwise);
+    # CPU 0 keeps drivers from starving the workers (in Ray 2.60 a silent hang otherwise);
     # Ray refuses an all-zero request, so the driver asks for the memory it uses (bytes).
     # On a cluster, `trial_driver: 0.01` pins drivers to non-preemptible nodes.
     trial_driver_resources: dict[str, float] = field(

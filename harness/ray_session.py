@@ -22,7 +22,7 @@ def connect(verbose: bool = False, log_to_driver: bool = True) -> str:
 
     `log_to_driver` shows the workers' output here (train.py's per-epoch lines); a study keeps
     it off unless verbose and prints its own line per trial event. The dashboard stays on: without it Train cannot release a finished trial's resources
-    and the next trial hangs (RAY_NOTES.md). The address is exported so Train's cleaner and
+    and the next trial hangs (Ray 2.60). The address is exported so Train's cleaner and
     any child process find this instance, not another one on the same machine.
     """
     if ray.is_initialized():

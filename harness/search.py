@@ -2,7 +2,7 @@
 
 Ray's OptunaSearch tells Optuna that an ASHA-stopped trial is COMPLETE with its short-budget
 score, and keys intermediate values on `training_iteration`, which restarts at 0 after a
-restore (RAY_NOTES.md). Here intermediate values are keyed on the reported `epoch`, and a trial
+restore (Ray 2.60). Here intermediate values are keyed on the reported `epoch`, and a trial
 that ends before `max_epochs` is told as PRUNED: TPE then ranks it by its intermediate values
 below trials that ran the full budget, instead of mistaking it for a final result. Errored or
 NaN trials are told as FAIL, so they never look like good (or bad) configs.

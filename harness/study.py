@@ -2,7 +2,7 @@
 
 This follows Ray's pattern for tuning a Train V2 trainer: each trial is a function (the
 "driver") that builds a TorchTrainer and fits it, with `TuneReportCallback` forwarding rank 0's
-per-epoch reports to Tune so ASHA and Optuna see every epoch (RAY_NOTES.md).
+per-epoch reports to Tune so ASHA and Optuna see every epoch (Ray 2.60).
 """
 from __future__ import annotations
 

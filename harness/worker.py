@@ -1,7 +1,7 @@
 """The Ray Train loop run by every worker: stream crops, CMD step, probe, report, checkpoint.
 
 Every rank calls `ray.train.report` once per epoch (and at step checkpoints): the call is a
-barrier, and only rank 0's metrics reach Tune (RAY_NOTES.md), so rank 0 also runs the probe.
+barrier, and only rank 0's metrics reach Tune (Ray 2.60), so rank 0 also runs the probe.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ and ports; not the session's `ray_head`) runs `harness/train.py` with 2 Train wo
 `run.max_failures=1`. Once the first epoch checkpoint is in the run folder the test SIGKILLs one
 RayTrainWorker process of *this* cluster (found as a child of this cluster's raylets, so nobody
 else's Ray on the machine is touched). Train V2 then restarts the worker group from the latest
-checkpoint (RAY_NOTES.md: ~35 s here), and the run must still end with every epoch done.
+checkpoint (~35 s on 2 cores), and the run must still end with every epoch done.
 """
 from __future__ import annotations
 
