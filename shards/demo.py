@@ -15,11 +15,26 @@ import argparse
 import io
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+@dataclass(frozen=True)
+class DemoStyle:
+    """How hard the demo is. The defaults were chosen so that a few CPU-minutes of CMD
+    pretraining can move a linear probe (bench/README.md, "demo recipe"); the mark stays a
+    small part (about 14 px of an 80-px image) and colour is never the class cue."""
+
+    mark_radius: float = 0.09  # mark radius, fraction of the bird's scale
+    max_distractors: int = 0  # loose marks in the background (0: none)
+    max_rotation: float = 10.0  # degrees
+    position_jitter: float = 0.04  # fraction of the image
+    scale_range: tuple[float, float] = (0.95, 1.05)
+    clutter_range: tuple[int, int] = (2, 6)  # background lines / rings / patches
+
 
 MARKS = ("circle", "square", "triangle", "cross")
 PARTS = ("head", "wing")
@@ -55,7 +70,7 @@ def _draw_mark(d: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: floa
         raise ValueError(shape)
 
 
-def _background(rng: np.random.Generator, n: int) -> Image.Image:
+def _background(rng: np.random.Generator, n: int, style: DemoStyle) -> Image.Image:
     """Muted random colour with a gradient, pixel noise and random clutter (lines, shapes, dots)."""
     base = rng.integers(40, 200, size=3)
     grad = rng.normal(0, 25, size=3)
@@ -63,7 +78,7 @@ def _background(rng: np.random.Generator, n: int) -> Image.Image:
     arr = base[None, None, :] + grad[None, None, :] * t
     img = Image.fromarray(np.broadcast_to(np.clip(arr, 0, 255).astype(np.uint8), (n, n, 3)).copy())
     d = ImageDraw.Draw(img, "RGBA")
-    for _ in range(int(rng.integers(5, 12))):
+    for _ in range(int(rng.integers(style.clutter_range[0], style.clutter_range[1] + 1))):
         col = tuple(int(c) for c in rng.integers(0, 256, size=3)) + (int(rng.integers(60, 200)),)
         x0, y0, x1, y1 = (float(v) for v in rng.uniform(-0.1 * n, 1.1 * n, size=4))
         kind = rng.integers(0, 3)
@@ -73,21 +88,22 @@ def _background(rng: np.random.Generator, n: int) -> Image.Image:
             d.ellipse([min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)], outline=col, width=SS * 2)
         else:
             d.rectangle([min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)], fill=col[:3] + (50,))
-    for _ in range(int(rng.integers(0, 4))):  # small distractor marks: a mark alone is not the class
+    for _ in range(int(rng.integers(0, style.max_distractors + 1))):  # a loose mark is not the class
         col = tuple(int(c) for c in rng.integers(0, 256, size=3)) + (255,)
         _draw_mark(d, MARKS[int(rng.integers(0, len(MARKS)))], *rng.uniform(0, n, size=2), 0.05 * n, col)
     return img
 
 
-def render_sample(label: int, rng: np.random.Generator, size: int = 80) -> Image.Image:
+def render_sample(label: int, rng: np.random.Generator, size: int = 80,
+                  style: DemoStyle = DemoStyle()) -> Image.Image:
     """One RGB image of class `label` (see class_names) drawn with the random state `rng`."""
     mark, part = MARKS[label % len(MARKS)], PARTS[label // len(MARKS)]
     n = size * SS
-    img = _background(rng, n).convert("RGBA")
+    img = _background(rng, n, style).convert("RGBA")
 
     layer = Image.new("RGBA", (n, n), (0, 0, 0, 0))
     d = ImageDraw.Draw(layer)
-    s = n * rng.uniform(0.8, 1.1)
+    s = n * rng.uniform(*style.scale_range)
     c = n / 2
     a, b = 0.22 * s, 0.13 * s  # body semi-axes
     body = _jit(rng, (150, 110, 70), 35)
@@ -109,7 +125,7 @@ def render_sample(label: int, rng: np.random.Generator, size: int = 80) -> Image
     d.ellipse([hx + hr * 0.2, hy - hr * 0.45, hx + hr * 0.55, hy - hr * 0.1], fill=(15, 15, 15))  # eye
     palette = ((240, 240, 235), (20, 20, 25), (235, 215, 60), (40, 170, 200))
     mcol = _jit(rng, palette[int(rng.integers(0, len(palette)))], 15)
-    mr = 0.058 * s
+    mr = style.mark_radius * s
     if part == "head":
         mx, my = hx - hr * 0.25, hy + hr * 0.25
     else:
@@ -119,8 +135,8 @@ def render_sample(label: int, rng: np.random.Generator, size: int = 80) -> Image
     if rng.random() < 0.5:
         layer = layer.transpose(Image.FLIP_LEFT_RIGHT)
     box = int(c - 0.42 * s), int(c - 0.42 * s), int(c + 0.42 * s), int(c + 0.42 * s)
-    bird = layer.crop(box).rotate(float(rng.uniform(-35, 35)), resample=Image.BILINEAR)
-    dx, dy = (int(v) for v in rng.uniform(-0.14 * n, 0.14 * n, size=2))
+    bird = layer.crop(box).rotate(float(rng.uniform(-style.max_rotation, style.max_rotation)), resample=Image.BILINEAR)
+    dx, dy = (int(v) for v in rng.uniform(-style.position_jitter * n, style.position_jitter * n, size=2))
     x, y = box[0] + dx, box[1] + dy
     img.alpha_composite(bird, (max(0, x), max(0, y)), (max(0, -x), max(0, -y)))
     out = np.asarray(img.convert("RGB").resize((size, size), Image.LANCZOS), dtype=np.int16)
@@ -132,7 +148,7 @@ def _rng(seed: int, split: int, label: int, i: int) -> np.random.Generator:
     return np.random.default_rng([seed, split, label, i])
 
 
-def make_demo_imagefolder(root: Path, classes: int = 8, train_per_class: int = 120, val_per_class: int = 40,
+def make_demo_imagefolder(root: Path, classes: int = 8, train_per_class: int = 120, val_per_class: int = 80,
                           size: int = 80, seed: int = 0) -> Path:
     """Write ROOT/train/<class>/*.jpg and ROOT/val/<class>/*.jpg; same arguments -> same bytes."""
     root = Path(root)
@@ -172,7 +188,7 @@ def ensure_demo_shards(shards_dir: Path, shard_size: int = 128, workers: int = 1
         if manifest.is_file():
             return manifest
         images = shards_dir.parent / "images"
-        cfg = {"classes": 8, "train_per_class": 120, "val_per_class": 40, "size": 80, "seed": 0, **kw}
+        cfg = {"classes": 8, "train_per_class": 120, "val_per_class": 80, "size": 80, "seed": 0, **kw}
         n = cfg["classes"] * (cfg["train_per_class"] + cfg["val_per_class"])
         print(f"demo: generating {n} images ({cfg['classes']} classes) in {images} and shards in {shards_dir}",
               file=sys.stderr, flush=True)
