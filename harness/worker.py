@@ -72,6 +72,25 @@ class EpochMeter:
         return out
 
 
+class EpochLog:
+    """Rank 0's per-epoch metrics as TensorBoard events in the run folder (local storage)."""
+
+    def __init__(self, storage: str, run_name: str, rank: int) -> None:
+        self.writer = None
+        if rank == 0 and "://" not in storage:
+            from tensorboardX import SummaryWriter
+
+            self.writer = SummaryWriter(str(Path(storage) / run_name / "tensorboard"))
+
+    def write(self, epoch: int, metrics: dict[str, float]) -> None:
+        if self.writer is None:
+            return
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self.writer.add_scalar(key, value, epoch)
+        self.writer.flush()
+
+
 def _restore(engine: CMDEngine, config: dict[str, Any]) -> dict[str, Any] | None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
@@ -129,6 +148,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             print(f"[train] resumed at epoch {start_epoch + 1}, step {start_step}", flush=True)
 
+    log = EpochLog(cfg.run.storage, context.get_experiment_name(), rank)
     last_eval: dict[str, float] = {}
     for epoch in range(start_epoch, cfg.optim.epochs):
         epoch_rng = rng_state()
@@ -174,6 +194,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         epoch_metrics.setdefault("probe_top1", float("nan"))  # not measured yet (eval.probe_every)
         history.append({k: float(v) for k, v in epoch_metrics.items()})
         state = _state(engine, cfg, done, 0, best, history, rng_state())
+        log.write(done, epoch_metrics)
         if rank == 0:
             print("[train] " + _progress_line(done, cfg.optim.epochs, epoch_metrics), flush=True)
         _report(epoch_metrics, state, rank)

@@ -41,6 +41,7 @@ def test_train_resume_matches_uninterrupted_run(ray_head, demo_shards, tmp_path)
     resumed = run(build_config(base, {"optim.epochs": 2}), "resumed")  # continues at epoch 2
 
     assert full["epoch"] == resumed["epoch"] == 2
+    assert list((tmp_path / "full" / "tensorboard").glob("events.out.tfevents.*"))
     a, b = epoch_history(tmp_path / "full"), epoch_history(tmp_path / "resumed")
     assert len(a) == len(b) == 2
     for key in ("loss", "loss_image", "loss_region", "loss_mil_student", "probe_top1"):
@@ -70,6 +71,13 @@ def test_tune_study_writes_dataframe_and_best_config(ray_head, demo_shards, tmp_
     mlflow.set_tracking_uri(mlruns)
     runs = mlflow.search_runs(experiment_names=["tiny"])
     assert len(runs) == 2 and runs["metrics.probe_top1"].between(0, 1).all()
+
+    for plot in ("learning_curves", "accuracy_vs_compute", "optimization_history"):
+        (folder / "plots" / f"{plot}.png").unlink()
+    run_cli(["-m", "harness.report", str(folder)], ray_head.env)  # rebuilds files and plots
+    assert (folder / "plots" / "learning_curves.png").is_file()
+    assert (folder / "plots" / "accuracy_vs_compute.html").is_file()
+    assert (folder / "plots" / "optimization_history.png").is_file()
 
     cfg = load_config(folder / "best_config.yaml")  # a full training config, as train.py takes it
     assert cfg.loss.mil_weight == pytest.approx(best["params"]["loss.mil_weight"])
