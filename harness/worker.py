@@ -148,6 +148,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             print(f"[train] resumed at epoch {start_epoch + 1}, step {start_step}", flush=True)
 
+    if saved is not None and start_epoch >= cfg.optim.epochs and history:
+        # Resumed after its last epoch (e.g. a study's driver died just as the run ended):
+        # report the final metrics again so Tune sees them, then stop.
+        _report(history[-1], None, rank)
+        return
     log = EpochLog(cfg.run.storage, context.get_experiment_name(), rank)
     last_eval: dict[str, float] = {}
     for epoch in range(start_epoch, cfg.optim.epochs):

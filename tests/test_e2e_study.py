@@ -41,6 +41,8 @@ def test_train_resume_matches_uninterrupted_run(ray_head, demo_shards, tmp_path)
     resumed = run(build_config(base, {"optim.epochs": 2}), "resumed")  # continues at epoch 2
 
     assert full["epoch"] == resumed["epoch"] == 2
+    again = run(build_config(base, {"optim.epochs": 2}), "full")  # a finished run, rerun
+    assert again["epoch"] == 2 and again["probe_top1"] == full["probe_top1"]
     assert list((tmp_path / "full" / "tensorboard").glob("events.out.tfevents.*"))
     a, b = epoch_history(tmp_path / "full"), epoch_history(tmp_path / "resumed")
     assert len(a) == len(b) == 2
