@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import io
 import platform
 import random
 import resource

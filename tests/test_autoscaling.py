@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 FAKE_CONFIG = REPO / "cluster" / "fake-multinode.yaml"
 BIN = Path(sys.executable).parent  # the venv's bin: `ray` and the python the nodes run
 
-pytestmark = [
+ISOLATED_MARKS = [
     pytest.mark.isolated,
     pytest.mark.slow,
     pytest.mark.skipif(
@@ -43,6 +43,7 @@ pytestmark = [
         reason="isolated test: run with CMD_HARNESS_ISOLATED=1 in its own pytest invocation",
     ),
 ]
+pytestmark = ISOLATED_MARKS
 
 # idle_timeout_minutes 0.2 = 12 s. Seen on 2 shared cores: workers gone 10-20 s after plain
 # tasks, but ~160 s after a tune.py study exited: Ray Train registers each run's workers with

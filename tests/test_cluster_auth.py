@@ -22,16 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_autoscaling import BIN, _free_port, _kill, _processes_mentioning, _session_members
+from tests.test_autoscaling import (BIN, ISOLATED_MARKS, _free_port, _kill, _processes_mentioning,
+                                    _session_members)
 
-pytestmark = [
-    pytest.mark.isolated,
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        os.environ.get("CMD_HARNESS_ISOLATED") != "1",
-        reason="isolated test: run with CMD_HARNESS_ISOLATED=1 in its own pytest invocation",
-    ),
-]
+pytestmark = ISOLATED_MARKS
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
