@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -117,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     for problem in unschedulable(study, ray.cluster_resources()):
         print(f"[study] warning: a trial cannot be scheduled on the cluster as it is now ({problem}); "
               "it waits for an autoscaler to add nodes", flush=True)
+    # Tune saves the study's state every >= 10 s by default; a trial that finished in that window
+    # before a crash would run again on resume. Trials here take minutes: save every 2 s.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     study.save(folder)
     tuner = build_tuner(study, uri, folder, retry_errored=args.retry_errored, verbose=args.verbose)
     tuner.fit()
