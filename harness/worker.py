@@ -17,6 +17,7 @@ import ray.train.torch
 import torch
 
 from cmd_model.engine import CMDEngine
+from cmd_model.losses import NonFiniteLossError
 from harness.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from harness.config import TrainConfig, build_config, to_dict
 from harness.evaluation import evaluate_backbone
@@ -173,10 +174,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             it = epoch * steps + step
             try:
                 metrics = engine.train_step(views, it, epoch)
-            except Exception as exc:  # engine's NonFiniteLossError names the term
-                if "non-finite" in str(exc).lower() or "nan" in str(exc).lower():
-                    raise NonFiniteTrainingError(f"epoch {epoch + 1} step {step}: {exc}") from exc
-                raise
+            except NonFiniteLossError as exc:  # names the term; add where it happened
+                raise NonFiniteTrainingError(f"epoch {epoch + 1} step {step}: {exc}") from exc
             if not math.isfinite(metrics.get("loss", 0.0)):
                 raise NonFiniteTrainingError(f"epoch {epoch + 1} step {step}: loss is {metrics['loss']}")
             meter.add(metrics, images=len(batch["label"]) * world, wait=t1 - t0,
