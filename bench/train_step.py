@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     where = torch.cuda.get_device_name(0) if args.gpu else f"{os.cpu_count()} CPU cores"
     print(f"train_step bench: {platform.machine()}, {where}, torch {torch.__version__}; "
           f"{args.steps} steps x epochs 2..{args.epochs} (harness), {args.steps} steps x 2 (bare)", flush=True)
-    from tests.ray_head import start_head  # a private head on free ports, stopped by its own processes
+    from tests.ray_head import attached, start_head  # a private head on free ports, stopped by its own processes
 
     with tempfile.TemporaryDirectory(prefix="step-bench-") as tmp:
         tmp_path = Path(tmp)
@@ -258,27 +258,14 @@ def main(argv: list[str] | None = None) -> int:
         need = max(int(c.scaling.cpus_per_worker) for _, c in cfgs)
         t = time.perf_counter()
         head = start_head(num_cpus=max(2, need) if not args.gpu else (os.cpu_count() or need))
-        old = {k: os.environ.get(k) for k in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
-        os.environ.update(RAY_ADDRESS=head.gcs_address, RAY_AUTH_MODE="disabled")
         print(f"private Ray head {head.gcs_address} up in {time.perf_counter() - t:.0f} s", flush=True)
         results = []
-        try:
+        with attached(head):
             for i, (label, cfg) in enumerate(cfgs):
                 print(f"\n[{label}] measuring ...", flush=True)
                 r = measure(cfg, device, args.steps, f"bench-{i}", peak)
                 results.append((label, cfg, r))
                 report(label, cfg, r, peak)
-        finally:
-            import ray
-
-            if ray.is_initialized():
-                ray.shutdown()
-            for k, v in old.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-            head.stop()
     print("\nsummary: " + "; ".join(f"{label} harness {r['harness']:.1f} / bare {r['bare']:.1f} images/s = "
                                    f"{r['ratio']:.2f}" + (f" (MFU {r['harness_mfu']:.1%} / {r['bare_mfu']:.1%})"
                                                           if peak else "")

@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="demo folder: images go to OUT/images, shards to OUT/shards (default data/demo)")
     p.add_argument("--classes", type=int, default=8, help="number of classes, 1..8 (default 8)")
     p.add_argument("--train-per-class", type=int, default=120, help="train images per class (default 120)")
-    p.add_argument("--val-per-class", type=int, default=40, help="val images per class (default 40)")
+    p.add_argument("--val-per-class", type=int, default=80, help="val images per class (default 80)")
     p.add_argument("--size", type=int, default=80, help="image side in pixels (default 80)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--shard-size", type=int, default=128, help="samples per shard (default 128)")

@@ -1,7 +1,6 @@
 """Shared fixtures: one real Ray head per test session, and the generated demo shards."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -12,23 +11,10 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def ray_head():
     """One `ray start --head` on 127.0.0.1 shared by every test that needs Ray."""
-    from tests.ray_head import start_head
+    from tests.ray_head import attached, start_head
 
-    head = start_head(num_cpus=2)
-    old = {k: os.environ.get(k) for k in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
-    os.environ["RAY_ADDRESS"] = head.gcs_address
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    yield head
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    for key, value in old.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    head.stop()
+    with attached(start_head(num_cpus=2)) as head:
+        yield head
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import psutil
 
@@ -90,3 +92,24 @@ def _wait_dashboard(head: RayHead, timeout: float = 60.0) -> None:
         except OSError:
             time.sleep(1)
     raise RuntimeError(f"Ray dashboard at {head.dashboard_url} did not come up")
+
+
+@contextmanager
+def attached(head: RayHead) -> Iterator[RayHead]:
+    """This process (and its children) use `head` while inside; afterwards Ray is shut down,
+    the environment restored and the head stopped."""
+    old = {k: os.environ.get(k) for k in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    os.environ.update(RAY_ADDRESS=head.gcs_address, RAY_AUTH_MODE="disabled")
+    try:
+        yield head
+    finally:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        head.stop()
