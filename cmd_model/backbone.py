@@ -7,10 +7,12 @@ module hides the difference behind `Backbone.forward` and `Backbone.features`.
 from __future__ import annotations
 
 import importlib
+import math
 from typing import Any
 
 import timm
 import torch
+from timm.layers import PatchEmbed
 from torch import nn
 
 from cmd_model.config import ModelConfig
@@ -116,12 +118,38 @@ def _family(model: nn.Module, name: str) -> str:
     )
 
 
+class ConvStemEmbed(PatchEmbed):
+    """timm's PatchEmbed with its one patch-sized conv replaced by a convolutional stem:
+    log2(patch) stride-2 3x3 convs (GroupNorm, ReLU) doubling the width up to embed_dim, then a
+    1x1 conv (Xiao et al., NeurIPS 2021). Same token grid, dynamic sizes and output formats as
+    PatchEmbed, so it is a drop-in `embed_layer` for timm's VisionTransformer. GroupNorm, not the
+    paper's BatchNorm: per-image statistics keep the teacher, eval and DDP ranks independent of
+    the batch."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        patch, in_chans, dim = self.patch_size[0], self.proj.in_channels, self.proj.out_channels
+        n = int(math.log2(patch)) if patch > 1 else 0
+        if self.patch_size[0] != self.patch_size[1] or 2 ** n != patch:
+            raise ValueError(f"model.conv_stem needs a square power-of-two patch size, got {self.patch_size}")
+        layers: list[nn.Module] = []
+        width = max(dim // 2 ** max(n - 1, 0), 1)
+        for _ in range(n):
+            layers += [nn.Conv2d(in_chans, width, 3, stride=2, padding=1, bias=False),
+                       nn.GroupNorm(math.gcd(8, width), width), nn.ReLU(inplace=True)]
+            in_chans, width = width, min(width * 2, dim)
+        layers.append(nn.Conv2d(in_chans, dim, 1))
+        self.proj = nn.Sequential(*layers)
+
+
 def build_backbone(cfg: ModelConfig) -> Backbone:
     """Create the timm model by name with random init (nothing is downloaded), then optionally
     load `cfg.init_checkpoint` (the paper starts from an ImageNet EsViT checkpoint)."""
     kwargs: dict[str, Any] = dict(cfg.backbone_kwargs)
     if cfg.dynamic_img_size:
         kwargs.setdefault("dynamic_img_size", True)
+    if cfg.conv_stem:
+        kwargs["embed_layer"] = ConvStemEmbed
     try:
         model = timm.create_model(
             cfg.backbone, pretrained=False, num_classes=0, drop_path_rate=cfg.drop_path_rate, **kwargs
@@ -129,6 +157,8 @@ def build_backbone(cfg: ModelConfig) -> Backbone:
     except (RuntimeError, TypeError, ValueError) as exc:  # unknown name or kwarg
         raise ValueError(f"model.backbone={cfg.backbone!r} with backbone_kwargs={kwargs}: {exc}") from exc
     backbone = Backbone(model, cfg.backbone)
+    if cfg.conv_stem and backbone.family != "vit":
+        raise ValueError(f"model.conv_stem is for ViT backbones; {cfg.backbone!r} is {backbone.family}")
     if cfg.init_checkpoint:
         load_backbone_checkpoint(backbone, cfg.init_checkpoint, cfg.init_checkpoint_key)
     return backbone

@@ -23,6 +23,10 @@ class ModelConfig:
     # interpolates its position embedding per forward, timm Swin pads to the window and builds
     # its shift masks per forward (as EsViT's Swin does). See cmd_model/README.md.
     dynamic_img_size: bool = True
+    # ViT only: stride-2 3x3 convs instead of the linear patch embedding (Xiao et al., NeurIPS 2021,
+    # "Early Convolutions Help Transformers See Better"). Not in the paper (official: linear patches);
+    # the demo turns it on because a tiny ViT learns too slowly from scratch in CPU minutes.
+    conv_stem: bool = False
     init_checkpoint: str | None = None  # local DINO / EsViT / timm state dict
     init_checkpoint_key: str = "teacher"  # "teacher" | "student" | "" (top level)
     # Heads: official code (EsViT DINOHead): 3-layer MLP, hidden 2048, bottleneck 256,

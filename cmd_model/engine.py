@@ -80,6 +80,11 @@ class CMDEngine:
         self.device = torch.device(device)
         self.amp_dtype = amp_dtype
         student, teacher = build_networks(model_cfg, loss_cfg)
+        if model_cfg.use_bn_in_head and self.device.type == "cuda" and dist_ready() and dist.get_world_size() > 1:
+            # main_esvit.py / main_dino.py: BatchNorm synchronised across ranks. Not on CPU, where
+            # SyncBatchNorm has no kernel: there each rank normalises over its own batch.
+            student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
+            teacher = nn.SyncBatchNorm.convert_sync_batchnorm(teacher)
         self._student: CMDNetwork = student.to(self.device)
         self.teacher: CMDNetwork = teacher.to(self.device)
         self.student: nn.Module = wrap_student(self._student) if wrap_student else self._student

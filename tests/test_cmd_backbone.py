@@ -29,6 +29,26 @@ def test_vit_pooled_is_cls_and_tokens_exclude_prefix_and_registers():
     assert p16.shape == (2, 48) and t16.shape == (2, 4, 48)
 
 
+def test_conv_stem_keeps_the_token_grid_and_trains():
+    bb = build_backbone(tiny_vit_config(conv_stem=True))
+    convs = [m for m in bb.model.patch_embed.proj if isinstance(m, torch.nn.Conv2d)]
+    assert [c.stride for c in convs] == [(2, 2)] * 3 + [(1, 1)]  # patch 8 = three stride-2 convs, then 1x1
+    for size, n in ((32, 16), (16, 4)):  # the same grid as the linear patch embedding, both crop sizes
+        pooled, tokens = bb(torch.randn(2, 3, size, size))
+        assert pooled.shape == (2, 48) and tokens.shape == (2, n, 48)
+    tokens.sum().backward()
+    assert all(c.weight.grad is not None and c.weight.grad.abs().sum() > 0 for c in convs)
+
+
+def test_conv_stem_refuses_swin_and_odd_patches():
+    with pytest.raises(ValueError, match="conv_stem is for ViT"):
+        build_backbone(tiny_swin_config(conv_stem=True))
+    cfg = tiny_vit_config(conv_stem=True)
+    cfg.backbone_kwargs = dict(cfg.backbone_kwargs, patch_size=6, img_size=36)
+    with pytest.raises(ValueError, match="power-of-two patch"):
+        build_backbone(cfg)
+
+
 def test_swin_two_resolutions_pooled_is_token_mean():
     bb = build_backbone(tiny_swin_config()).eval()
     for size, n in ((64, 4), (32, 1), (96, 9)):

@@ -29,8 +29,13 @@ def _engine(loss=None, model=None, **optim):
                      steps_per_epoch=3, global_batch=4)
 
 
-def test_gradient_reaches_only_the_student_and_teacher_moves_only_by_ema():
-    e = _engine(LossConfig(mil_pooling="attention", teacher_mil_in_loss=True))
+# the demo's variant too: convolutional stem and BatchNorm in the heads (buffers, not parameters)
+MODELS = {"vit": {}, "conv_stem+bn_head": {"conv_stem": True, "use_bn_in_head": True}}
+
+
+@pytest.mark.parametrize("variant", MODELS)
+def test_gradient_reaches_only_the_student_and_teacher_moves_only_by_ema(variant):
+    e = _engine(LossConfig(mil_pooling="attention", teacher_mil_in_loss=True), tiny_vit_config(**MODELS[variant]))
     t0 = [p.detach().clone() for p in e.teacher.parameters()]
     m = e.train_step(_views(), it=1, epoch=0)
     assert all(p.grad is None for p in e.teacher.parameters())
@@ -82,16 +87,17 @@ def test_gradient_accumulation_steps_every_n_calls():
     assert not all(torch.equal(a, b) for a, b in zip(p0, e.student_module.parameters()))
 
 
-def test_resume_from_mid_run_state_is_bitwise_exact():
+@pytest.mark.parametrize("variant", MODELS)
+def test_resume_from_mid_run_state_is_bitwise_exact(variant):
     cfg = LossConfig(mil_pooling="attention")
-    a = _engine(cfg)
+    a = _engine(cfg, tiny_vit_config(**MODELS[variant]))
     for it in range(2):
         a.train_step(_views(it), it, 0)
     buf = io.BytesIO()
     torch.save({"engine": a.state_dict()}, buf)
     ref = a.train_step(_views(2), 2, 0)
     torch.manual_seed(123)  # a different init: everything must come from the state
-    b = CMDEngine(tiny_vit_config(), cfg, OptimConfig(epochs=4, warmup_epochs=1, lr=0.05, freeze_last_layer=0),
+    b = CMDEngine(tiny_vit_config(**MODELS[variant]), cfg, OptimConfig(epochs=4, warmup_epochs=1, lr=0.05, freeze_last_layer=0),
                   steps_per_epoch=3, global_batch=4)
     buf.seek(0)
     b.load_state_dict(torch.load(buf, weights_only=True)["engine"])
