@@ -25,14 +25,18 @@ from PIL import Image, ImageDraw
 class DemoStyle:
     """How hard the demo is. The defaults were chosen so that a few CPU-minutes of CMD
     pretraining can move a linear probe (bench/README.md, "demo recipe"); the mark stays a
-    small part (about 14 px of an 80-px image) and colour is never the class cue."""
+    small part (about 19 px across in an 80-px image, 3% of its area) and colour is never the
+    class cue; muted backgrounds and faint clutter keep them from being the main thing that tells
+    one image from another, which is what self-supervision learns first."""
 
-    mark_radius: float = 0.09  # mark radius, fraction of the bird's scale
+    mark_radius: float = 0.12  # mark radius, fraction of the bird's scale
     max_distractors: int = 0  # loose marks in the background (0: none)
     max_rotation: float = 10.0  # degrees
     position_jitter: float = 0.04  # fraction of the image
     scale_range: tuple[float, float] = (0.95, 1.05)
     clutter_range: tuple[int, int] = (2, 6)  # background lines / rings / patches
+    clutter_alpha: tuple[int, int] = (20, 70)  # clutter opacity, 0..255: faint, so it is not the main instance cue
+    background_range: tuple[int, int] = (90, 150)  # background base colour per channel: muted, all alike
 
 
 MARKS = ("circle", "square", "triangle", "cross")
@@ -71,14 +75,14 @@ def _draw_mark(d: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: floa
 
 def _background(rng: np.random.Generator, n: int, style: DemoStyle) -> Image.Image:
     """Muted random colour with a gradient, pixel noise and random clutter (lines, shapes, dots)."""
-    base = rng.integers(40, 200, size=3)
+    base = rng.integers(*style.background_range, size=3)
     grad = rng.normal(0, 25, size=3)
     t = np.linspace(-1, 1, n)[:, None, None]
     arr = base[None, None, :] + grad[None, None, :] * t
     img = Image.fromarray(np.broadcast_to(np.clip(arr, 0, 255).astype(np.uint8), (n, n, 3)).copy())
     d = ImageDraw.Draw(img, "RGBA")
     for _ in range(int(rng.integers(style.clutter_range[0], style.clutter_range[1] + 1))):
-        col = tuple(int(c) for c in rng.integers(0, 256, size=3)) + (int(rng.integers(60, 200)),)
+        col = tuple(int(c) for c in rng.integers(0, 256, size=3)) + (int(rng.integers(*style.clutter_alpha)),)
         x0, y0, x1, y1 = (float(v) for v in rng.uniform(-0.1 * n, 1.1 * n, size=4))
         kind = rng.integers(0, 3)
         if kind == 0:
