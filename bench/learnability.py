@@ -29,10 +29,11 @@ from cmd_model.backbone import build_backbone  # noqa: E402
 from cmd_model.config import ModelConfig  # noqa: E402
 from harness.config import load_config  # noqa: E402
 from harness.data_check import prepare_paths  # noqa: E402
+from shards.config import DataConfig  # noqa: E402
 from shards.pipeline import eval_loader  # noqa: E402
 
 
-def _split(data, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _split(data: DataConfig, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys = zip(*eval_loader(data, split))
     return torch.cat(xs), torch.cat(ys)
 
