@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)  ## create .venv and install the project (only when missing or out of date)
 
-demo: $(STAMP)  ## a whole study on the generated demo set (CPU, ~10 minutes)
+demo: $(STAMP)  ## a whole study on the generated demo set (2 CPU cores: ~5 minutes)
 	$(BIN)/python harness/tune.py --space tune_spaces/demo.yaml
 
 test: $(STAMP)  ## the test suite (shared-Ray tests, then the isolated autoscaling test)
