@@ -1,6 +1,8 @@
-"""Data checks that run in the driver, before Ray starts: a missing dataset fails in a second."""
+"""Checks that run in the driver, before Ray starts: a missing dataset or a model the config
+cannot build fails in a second, not in every Ray worker."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from harness.config import ConfigError, TrainConfig
@@ -35,4 +37,16 @@ def prepare_paths(cfg: TrainConfig, source: str) -> TrainConfig:
         if not init.is_file():
             raise ConfigError(f"{source}: 'model.init_checkpoint' = {init}: no such file")
         cfg.model.init_checkpoint = str(init)
+    check_model_builds(cfg, source)
     return cfg
+
+
+def check_model_builds(cfg: TrainConfig, source: str) -> None:
+    """Build the backbone once (random init, no checkpoint: its file is checked above): an unknown
+    timm name or kwarg, or model.conv_stem on a Swin, becomes one line naming the file."""
+    from cmd_model.backbone import build_backbone
+
+    try:
+        build_backbone(replace(cfg.model, init_checkpoint=None))
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc

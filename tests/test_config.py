@@ -66,6 +66,8 @@ def test_round_trip_through_yaml(tmp_path):
     (["--config", "tune_spaces/demo.yaml", "optim.epochs=two"], "'optim.epochs' must be int"),
     (["--config", "tune_spaces/demo.yaml", "data.demo=false", "data.shards=/no/such/folder"],
      "'data.shards' = /no/such/folder: no such folder"),
+    (["--config", "tune_spaces/demo.yaml", "model.backbone=swin_tiny_patch4_window7_224",
+      "model.backbone_kwargs={img_size: 48, window_size: 6}"], "model.conv_stem is for ViT backbones"),
 ])
 def test_train_cli_one_line_error_before_ray(args, message):
     proc = subprocess.run([sys.executable, "harness/train.py", *args], cwd=ROOT,
