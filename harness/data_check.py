@@ -17,8 +17,10 @@ def prepare_paths(cfg: TrainConfig, source: str) -> TrainConfig:
     """Make local paths absolute (workers run elsewhere) and make sure the shards exist.
 
     The demo set is generated on first use; any other missing manifest is an error naming the
-    folder and the command that writes shards.
+    folder and the command that writes shards. The model is checked first: it takes a second,
+    generating the demo set takes longer.
     """
+    check_model_builds(cfg, source)
     if not is_remote(cfg.data.shards):
         shards = Path(cfg.data.shards).expanduser().resolve()
         cfg.data.shards = str(shards)
@@ -37,7 +39,6 @@ def prepare_paths(cfg: TrainConfig, source: str) -> TrainConfig:
         if not init.is_file():
             raise ConfigError(f"{source}: 'model.init_checkpoint' = {init}: no such file")
         cfg.model.init_checkpoint = str(init)
-    check_model_builds(cfg, source)
     return cfg
 
 
