@@ -152,11 +152,17 @@ def _rng(seed: int, split: int, label: int, i: int) -> np.random.Generator:
 
 
 def make_demo_imagefolder(root: Path, classes: int = 8, train_per_class: int = 120, val_per_class: int = 80,
-                          size: int = 80, seed: int = 0) -> Path:
-    """Write ROOT/train/<class>/*.jpg and ROOT/val/<class>/*.jpg; same arguments -> same bytes."""
+                          size: int = 80, seed: int = 0, test_per_class: int | None = None) -> Path:
+    """Write ROOT/{train,val,test}/<class>/*.jpg; same arguments -> same bytes.
+
+    val is what a study selects on; test (as many per class as val unless given) is touched only
+    by `python -m harness.final`. Each split draws from its own seeds, so adding test left the
+    train and val images as they were.
+    """
     root = Path(root)
     names = class_names(classes)
-    for si, (split, per) in enumerate((("train", train_per_class), ("val", val_per_class))):
+    tests = val_per_class if test_per_class is None else test_per_class
+    for si, (split, per) in enumerate((("train", train_per_class), ("val", val_per_class), ("test", tests))):
         for label, name in enumerate(names):
             d = root / split / name
             d.mkdir(parents=True, exist_ok=True)
@@ -192,7 +198,8 @@ def ensure_demo_shards(shards_dir: Path, shard_size: int = 128, workers: int = 1
             return manifest
         images = shards_dir.parent / "images"
         cfg = {"classes": 8, "train_per_class": 120, "val_per_class": 80, "size": 80, "seed": 0, **kw}
-        n = cfg["classes"] * (cfg["train_per_class"] + cfg["val_per_class"])
+        per_class = cfg["train_per_class"] + cfg["val_per_class"] + (cfg.get("test_per_class") or cfg["val_per_class"])
+        n = cfg["classes"] * per_class
         print(f"demo: generating {n} images ({cfg['classes']} classes) in {images} and shards in {shards_dir}",
               file=sys.stderr, flush=True)
         make_demo_imagefolder(images, **cfg)

@@ -66,8 +66,10 @@ class Manifest:
     def shards(self, split: str) -> list[ShardRecord]:
         """The split's shard records; a missing split names the ones that exist."""
         if split not in self.splits:
+            hint = ("; rewrite the shards with `python -m shards.write ... --val-fraction 0.1` to carve a "
+                    "validation split from train" if split == "val" and "train" in self.splits else "")
             raise ManifestError(
-                f"split {split!r} is not in {self.location()} (it has: {', '.join(self.splits) or 'none'})"
+                f"split {split!r} is not in {self.location()} (it has: {', '.join(self.splits) or 'none'}){hint}"
             )
         return self.splits[split]
 

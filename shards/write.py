@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .carve import carve_validation
 from .errors import DatasetLayoutError
 from .layouts import LAYOUTS, DatasetIndex, Item, index_dataset
 from .manifest import MANIFEST_NAME, PARTIAL_NAME, Manifest, ShardRecord, save_manifest, sha256_file
@@ -208,14 +209,18 @@ def _manifest(index: DatasetIndex, jobs: list[ShardJob], done: dict[str, ShardRe
 
 def write_dataset(layout: str, root: Path, out: Path, shard_size: int = 1000, max_side: int | None = None,
                   workers: int = 1, *, seed: int = 0, shuffle: bool = True, progress: bool = True,
-                  **layout_opts: Any) -> Path:
-    """Write `root` (in `layout`) as shards into `out`; returns the manifest path. Resumes earlier runs."""
+                  val_fraction: float = 0.1, **layout_opts: Any) -> Path:
+    """Write `root` (in `layout`) as shards into `out`; returns the manifest path. Resumes earlier runs.
+
+    A dataset without a val split gets one carved from train (`val_fraction`, stratified, seeded by
+    `seed`; shards/carve.py), so studies never select on test data.
+    """
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     if max_side is not None and max_side < 8:
         raise ValueError(f"max_side must be >= 8 px, got {max_side}")
     root, out = Path(root).expanduser(), Path(out).expanduser()
-    index = index_dataset(layout, root, **layout_opts)
+    index = carve_validation(index_dataset(layout, root, **layout_opts), val_fraction, seed)
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("*.tar.tmp"):
         stale.unlink()
@@ -296,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="parallel writer processes (default min(4, CPUs))")
     p.add_argument("--seed", type=int, default=0, help="seed of the one-off sample shuffle (default 0)")
     p.add_argument("--no-shuffle", action="store_true", help="keep the source order inside shards")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of each class of train moved to a 'val' split when the dataset has none "
+                        "(CUB, Cars), seeded by --seed; studies select on val, never test (default 0.1; 0: none)")
     p.add_argument("--name", default=None, help="dataset name in the manifest (default: the layout's)")
     p.add_argument("--level", choices=("variant", "family", "manufacturer"), default="variant",
                    help="aircraft: label granularity (default variant, 100 classes)")
@@ -320,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = write_dataset(args.layout, args.root, args.out, args.shard_size, args.max_side, args.workers,
                              seed=args.seed, shuffle=not args.no_shuffle, progress=not args.quiet,
-                             **layout_options(args))
+                             val_fraction=args.val_fraction, **layout_options(args))
     except (DatasetLayoutError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ def test_same_seed_same_bytes_and_eight_classes(tmp_path):
     b = make_demo_imagefolder(tmp_path / "b", train_per_class=3, val_per_class=1, seed=5)
     c = make_demo_imagefolder(tmp_path / "c", train_per_class=3, val_per_class=1, seed=6)
     da, db, dc = _digest(a), _digest(b), _digest(c)
-    assert da == db and len(da) == 8 * 4
+    assert da == db and len(da) == 8 * 5  # 3 train, 1 val, 1 test per class
     assert da.keys() == dc.keys() and da != dc
     assert sorted(p.name for p in (a / "train").iterdir()) == class_names(8)
     assert len(set(class_names(8))) == 8

@@ -18,10 +18,9 @@ def _meta(row: dict) -> dict:
     return json.loads(row["json"])
 
 
-def test_cub_official_split_labels_and_boxes(tmp_path):
-    root = tmp_path / "CUB_200_2011"
-    classes = ["001.Black_footed_Albatross", "002.Laysan_Albatross", "003.Sooty_Albatross"]
-    per_class = [(3, 2), (2, 2), (4, 1)]  # (train, test)
+def make_mini_cub(root, per_class: list[tuple[int, int]]) -> list[str]:
+    """A miniature CUB_200_2011 folder: (train, test) images per class; returns the class names."""
+    classes = [f"{c:03d}.Bird_{c}" for c in range(1, len(per_class) + 1)]
     lines = {k: [] for k in ("images", "labels", "split", "boxes")}
     i = 0
     for c, (name, (ntr, nte)) in enumerate(zip(classes, per_class), 1):
@@ -37,8 +36,14 @@ def test_cub_official_split_labels_and_boxes(tmp_path):
     for key, fname in (("images", "images.txt"), ("labels", "image_class_labels.txt"),
                        ("split", "train_test_split.txt"), ("boxes", "bounding_boxes.txt")):
         (root / fname).write_text("\n".join(lines[key]) + "\n")
+    return classes
+
+
+def test_cub_official_split_labels_and_boxes(tmp_path):
+    root = tmp_path / "CUB_200_2011"
+    classes = make_mini_cub(root, [(3, 2), (2, 2), (4, 1)])
     out = tmp_path / "sh"
-    write_dataset("cub", tmp_path, out, shard_size=4, progress=False)  # parent of CUB_200_2011 works too
+    write_dataset("cub", tmp_path, out, shard_size=4, progress=False, val_fraction=0)  # parent of CUB_200_2011 works too
     m = load_manifest(out)
     assert m.classes == classes and m.layout == "cub" and list(m.splits) == ["train", "test"]
     assert m.split_size("train") == 9 and m.split_size("test") == 5
@@ -53,6 +58,34 @@ def test_cub_official_split_labels_and_boxes(tmp_path):
     (root / "train_test_split.txt").unlink()
     with pytest.raises(DatasetLayoutError, match="train_test_split.txt is missing"):
         write_dataset("cub", root, tmp_path / "o2", progress=False)
+
+
+def _paths(rows: list[dict]) -> set[str]:
+    return {_meta(r)["path"] for r in rows}
+
+
+def test_validation_carved_from_train_never_touches_test(tmp_path):
+    """CUB has no val split: the default carve takes 10% of each class of train, seeded, stratified."""
+    root = tmp_path / "CUB_200_2011"
+    make_mini_cub(root, [(20, 5), (11, 3), (2, 4)])
+    rows = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        write_dataset("cub", root, tmp_path / name, shard_size=8, progress=False, seed=seed)
+        rows[name] = read_all(tmp_path / name)
+    both = read_all(_write_official(root, tmp_path / "official"))
+    train, val, test = (_paths(rows["a"][s]) for s in ("train", "val", "test"))
+    assert not val & test and not val & train  # no image in two splits
+    assert val | train == _paths(both["train"]) and test == _paths(both["test"])  # val comes from train only
+    labels = [int(r["cls"]) for r in rows["a"]["val"]]
+    assert [labels.count(k) for k in range(3)] == [2, 1, 1]  # round(10%) per class, at least 1, keeps 1
+    assert _paths(rows["b"]["val"]) == val and _paths(rows["c"]["val"]) != val  # seeded
+    record = load_manifest(tmp_path / "a").options["val_carved"]
+    assert record == {"from": "train", "fraction": 0.1, "seed": 0, "count": 4, "stratified_by": "class"}
+
+
+def _write_official(root, out):
+    write_dataset("cub", root, out, shard_size=8, progress=False, val_fraction=0)
+    return out
 
 
 def _cars_annos(items: list[tuple[str, int]]) -> np.ndarray:
@@ -80,7 +113,7 @@ def test_cars_devkit_mat_files(tmp_path):
     savemat(root / "devkit" / "cars_train_annos.mat", {"annotations": _cars_annos(train)})
     savemat(root / "cars_test_annos_withlabels.mat", {"annotations": _cars_annos(test)})  # in ROOT
     out = tmp_path / "sh"
-    write_dataset("cars", root, out, shard_size=3, progress=False)
+    write_dataset("cars", root, out, shard_size=3, progress=False, val_fraction=0)  # the official splits
     m = load_manifest(out)
     assert m.classes == names and m.split_size("train") == 7 and m.split_size("test") == 3
     rows = read_all(out)
@@ -98,7 +131,8 @@ def test_cars_imagefolder_repackaging(tmp_path):
     write_dataset("cars", root, tmp_path / "sh", progress=False)
     m = load_manifest(tmp_path / "sh")
     assert m.layout == "cars" and m.options["packaging"] == "imagefolder"
-    assert m.classes == ["Audi R8", "BMW M3"] and m.split_size("train") == 5 and m.split_size("test") == 1
+    assert m.classes == ["Audi R8", "BMW M3"] and m.split_size("test") == 1
+    assert m.split_size("train") + m.split_size("val") == 5 and m.split_size("val") == 2  # carved, 1 per class
 
 
 def _aircraft_jpeg(seed: int, w: int = 48, h: int = 68) -> bytes:
