@@ -9,11 +9,12 @@
     points_to_evaluate: [...]    # default: the base config's own values first
     metric: probe_top1
     mode: max
-    search: {sampler: tpe, num_samples: 8, max_concurrent: 2, seed: 0}
+    search: {sampler: tpe, num_samples: 8, max_concurrent: 2, seed: 0, startup_trials: 10, multivariate: false}
     scheduler: {type: asha, max_t: 4, grace_period: 1, reduction_factor: 2}
     scaling: {...}               # overrides base.scaling: workers, GPUs, CPUs per trial
 
-Everything is checked here, before Ray starts, and each error names the key and the file.
+Everything is checked here, before Ray starts, and each error names the key and the file; a
+study whose ASHA rung epochs would carry no probe (eval.probe_every) is refused.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from harness.config import (
     read_yaml,
     set_dotted,
 )
+from harness.objective import rung_epochs, unprobed_rungs
 
 STUDY_FILE = "study.yaml"  # the resolved study, saved in its run folder for reports and resumes
 _TOP_KEYS = {"base", "space", "points_to_evaluate", "metric", "mode", "search", "scheduler",
@@ -86,6 +88,8 @@ class SearchSettings:
     num_samples: int = 8
     max_concurrent: int = 1
     seed: int = 0
+    startup_trials: int = 10  # TPE samples at random until this many trials were told (Optuna's default)
+    multivariate: bool = False  # TPE models the parameters jointly (Falkner et al. 2018) or one by one
 
 
 @dataclass
@@ -147,6 +151,8 @@ def _settings(cls: type, values: Any, key: str, source: Path) -> Any:
             raise ConfigError(f"{source}: '{key}.{name}' must be int, got {value!r}")
         if hints[name] is str and not isinstance(value, str):
             raise ConfigError(f"{source}: '{key}.{name}' must be str, got {value!r}")
+        if hints[name] is bool and not isinstance(value, bool):
+            raise ConfigError(f"{source}: '{key}.{name}' must be true or false, got {value!r}")
     return cls(**values)
 
 
@@ -207,8 +213,18 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
             raise ConfigError(f"{source}: 'search.{key}' must be >= 1")
     if not 1 <= scheduler.grace_period <= scheduler.max_t or scheduler.reduction_factor < 2:
         raise ConfigError(f"{source}: 'scheduler' needs 1 <= grace_period <= max_t and reduction_factor >= 2")
+    if search.startup_trials < 0:
+        raise ConfigError(f"{source}: 'search.startup_trials' must be >= 0")
     set_dotted(base_dict, "optim.epochs", scheduler.max_t)
     base = build_config(base_dict, source=str(source))
+    if scheduler.type == "asha":
+        missing = unprobed_rungs(scheduler.grace_period, scheduler.max_t, scheduler.reduction_factor,
+                                 base.eval.probe_every)
+        if missing:
+            raise ConfigError(
+                f"{source}: ASHA compares trials at epochs {rung_epochs(scheduler.grace_period, scheduler.max_t, scheduler.reduction_factor)}"
+                f" but 'eval.probe_every' = {base.eval.probe_every} measures no probe at epoch(s) {missing}: "
+                f"set eval.probe_every to a divisor of every rung epoch")
 
     space_spec = data.get("space") or {}
     if not isinstance(space_spec, dict) or not space_spec:

@@ -11,9 +11,10 @@ from typing import Any
 
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
 
+from harness.asha import ResumableASHA
 from harness.config import build_config
 from harness.console import TrialProgress
 from harness.search import BudgetAwareOptunaSearch
@@ -41,20 +42,31 @@ def _searcher(study: Study) -> Any:
                                      max_concurrent=study.search.max_concurrent)
     import optuna
 
-    return BudgetAwareOptunaSearch(
-        metric=study.metric, mode=study.mode, points_to_evaluate=study.points,
-        sampler=optuna.samplers.TPESampler(seed=study.search.seed),
-        max_epochs=study.scheduler.max_t,
-    )
+    # constant_liar: running trials count as bad, so parallel workers do not sample one spot.
+    sampler = optuna.samplers.TPESampler(seed=study.search.seed, constant_liar=True,
+                                         n_startup_trials=study.search.startup_trials,
+                                         multivariate=study.search.multivariate)
+    return BudgetAwareOptunaSearch(study.space, metric=study.metric, mode=study.mode,
+                                   max_epochs=study.scheduler.max_t, points_to_evaluate=study.points,
+                                   sampler=sampler, max_concurrent=study.search.max_concurrent)
 
 
-def _scheduler(study: Study) -> Any:
+def _scheduler(study: Study, study_uri: str) -> Any:
     if study.scheduler.type == "none":
         return FIFOScheduler()
     # ASHA keyed on the reported epoch: training_iteration restarts at 0 after a restore.
-    return ASHAScheduler(time_attr="epoch", max_t=study.scheduler.max_t,
+    return ResumableASHA(study_uri, study.metric, max_t=study.scheduler.max_t,
                          grace_period=study.scheduler.grace_period,
                          reduction_factor=study.scheduler.reduction_factor)
+
+
+def tune_config(study: Study, study_uri: str) -> tune.TuneConfig:
+    """How the study searches and stops: the searcher, ASHA and the objective (harness/objective.py)."""
+    return tune.TuneConfig(
+        metric=study.metric, mode=study.mode, search_alg=_searcher(study),
+        scheduler=_scheduler(study, study_uri), num_samples=study.search.num_samples,
+        max_concurrent_trials=study.search.max_concurrent,
+    )
 
 
 def _trackers(study: Study, local_dir: Path) -> list[Any]:
@@ -100,11 +112,7 @@ def build_tuner(study: Study, study_uri: str, local_dir: Path, retry_errored: bo
     return tune.Tuner(
         trainable,
         param_space=param_space,
-        tune_config=tune.TuneConfig(
-            metric=study.metric, mode=study.mode, search_alg=_searcher(study),
-            scheduler=_scheduler(study), num_samples=study.search.num_samples,
-            max_concurrent_trials=study.search.max_concurrent,
-        ),
+        tune_config=tune_config(study, study_uri),
         run_config=tune.RunConfig(
             name=name, storage_path=storage,
             callbacks=[TrialProgress(study.metric, study.scheduler.max_t), *_trackers(study, local_dir)],
