@@ -69,12 +69,10 @@ def first_error_line(trial: Any) -> str:
     return lines[-1][:300] if lines else "unknown error"
 
 
-def summary_table(frame: pd.DataFrame, metric: str, mode: str, params: list[str]) -> str:
-    """Trials sorted by the objective, best first, with their parameters."""
+def summary_table(frame: pd.DataFrame, metric: str, params: list[str]) -> str:
+    """Trials in the study's ranking (harness/objective.py), best first, with their parameters."""
     if frame.empty:
         return "(no trials)"
-    best_col = f"best_{metric}" if f"best_{metric}" in frame else metric
-    cols = ["trial_id", metric, best_col, "epochs", "stop_reason", *params]
-    cols = list(dict.fromkeys(c for c in cols if c in frame))
-    shown = frame.sort_values(best_col, ascending=(mode == "min"), na_position="last")[cols]
+    cols = ["trial_id", metric, "objective_epoch", "epochs", "stop_reason", *params]
+    shown = frame[[c for c in cols if c in frame]].rename(columns={"objective_epoch": "at_epoch"})
     return shown.to_string(index=False, float_format=lambda v: f"{v:.4g}")

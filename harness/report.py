@@ -20,32 +20,29 @@ import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 import plotly.express as px  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
 
 from harness.cli_errors import exit_on_user_error  # noqa: E402
-from harness.results import CURVES_PARQUET, TRIALS_PARQUET, collect, write_results  # noqa: E402
-from harness.space import STUDY_FILE, Dist, Study, load_study  # noqa: E402
+from harness.results import CURVES_PARQUET, TRIALS_PARQUET, collect, describe_best, write_results  # noqa: E402
+from harness.search import optuna_distribution, outcome  # noqa: E402
+from harness.space import STUDY_FILE, Study, load_study  # noqa: E402
 
 
-def _distribution(d: Dist) -> optuna.distributions.BaseDistribution:
-    if d.type == "choice":
-        return optuna.distributions.CategoricalDistribution(d.values)
-    if d.type == "int":
-        return optuna.distributions.IntDistribution(int(d.low), int(d.high))
-    return optuna.distributions.FloatDistribution(d.low, d.high, log=d.type == "loguniform")
-
-
-def optuna_study(study: Study, trials: pd.DataFrame) -> optuna.Study:
-    """The finished trials as an in-memory Optuna study, for Optuna's own plots."""
+def optuna_study(study: Study, trials: pd.DataFrame, curves: pd.DataFrame) -> optuna.Study:
+    """The trials as Optuna was told them (harness/search.py `outcome`), for Optuna's own plots:
+    its best trial is the study's best."""
     direction = "maximize" if study.mode == "max" else "minimize"
     ot = optuna.create_study(direction=direction)
-    col = f"best_{study.metric}"
+    distributions = {d.key: optuna_distribution(d) for d in study.space}
     for _, row in trials.iterrows():
-        if pd.isna(row.get(col)) or row["status"] == "ERROR":
+        curve = curves[(curves["trial_id"] == row["trial_id"]) & curves[study.metric].notna()]
+        values = {int(e): float(v) for e, v in zip(curve["epoch"], curve[study.metric])}
+        state, value = outcome(values, row["epochs"], study.scheduler.max_t, row["status"] == "ERROR")
+        if state == TrialState.FAIL:
             continue
         params = {d.key: (row[d.key].item() if hasattr(row[d.key], "item") else row[d.key]) for d in study.space}
-        ot.add_trial(optuna.trial.create_trial(
-            params=params, distributions={d.key: _distribution(d) for d in study.space},
-            value=float(row[col])))
+        ot.add_trial(optuna.trial.create_trial(state=state, value=value, params=params,
+                                               distributions=distributions, intermediate_values=values))
     return ot
 
 
@@ -73,7 +70,7 @@ def write_plots(study: Study, study_dir: str | Path, out_dir: str | Path) -> lis
     out.mkdir(parents=True, exist_ok=True)
     trials, curves = collect(study, study_dir)
     written: list[Path] = []
-    metric, col = study.metric, f"best_{study.metric}"
+    metric = study.metric
     maximize = study.mode == "max"
 
     if len(curves):
@@ -87,22 +84,22 @@ def write_plots(study: Study, study_dir: str | Path, out_dir: str | Path) -> lis
         html = px.line(curves, x="epoch", y=metric, color="trial_id", line_dash="stop_reason", markers=True)
         _save(fig, html, out, "learning_curves", written)
 
-    done = trials[trials[col].notna()] if len(trials) else trials
+    done = trials[trials[metric].notna()] if len(trials) else trials
     if len(done):
         cost = "gpu_hours" if done["gpu_hours"].sum() > 0 else "wall_s"
         label = "GPU-hours" if cost == "gpu_hours" else "wall seconds (CPU)"
-        front = _pareto(done, cost, col, maximize)
+        front = _pareto(done, cost, metric, maximize)
         fig, ax = plt.subplots(figsize=(6, 4))
-        ax.scatter(done[cost], done[col], alpha=0.6, label="trials")
-        ax.step(front[cost], front[col], where="post", color="C3", label="Pareto front")
-        ax.set(xlabel=label, ylabel=col, title="Accuracy vs compute")
+        ax.scatter(done[cost], done[metric], alpha=0.6, label="trials")
+        ax.step(front[cost], front[metric], where="post", color="C3", label="Pareto front")
+        ax.set(xlabel=label, ylabel=metric, title="Accuracy vs compute")
         ax.legend()
-        html = px.scatter(done, x=cost, y=col, hover_data=["trial_id"], title="Accuracy vs compute")
-        html.add_scatter(x=front[cost], y=front[col], mode="lines", line_shape="hv", name="Pareto front")
+        html = px.scatter(done, x=cost, y=metric, hover_data=["trial_id"], title="Accuracy vs compute")
+        html.add_scatter(x=front[cost], y=front[metric], mode="lines", line_shape="hv", name="Pareto front")
         _save(fig, html, out, "accuracy_vs_compute", written)
 
-    ot = optuna_study(study, trials)
-    if len(ot.trials) >= 2:
+    ot = optuna_study(study, trials, curves)
+    if len(ot.get_trials(states=[TrialState.COMPLETE])) >= 2:
         from optuna.visualization import matplotlib as omp
 
         plots = {"optimization_history": (omp.plot_optimization_history, optuna.visualization.plot_optimization_history),
@@ -138,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     files = write_plots(study, folder, folder)
     print(f"[report] {folder / TRIALS_PARQUET}, {folder / CURVES_PARQUET}, {len(files)} plot files in {folder / 'plots'}")
     if best:
-        print(f"[report] best trial {best['trial_id']}: best {study.metric} {best['best_' + study.metric]:.4f}")
+        print(f"[report] {describe_best(best)}")
     return 0
 
 

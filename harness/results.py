@@ -16,6 +16,7 @@ from ray.tune import ExperimentAnalysis
 
 from harness.config import to_dict
 from harness.console import first_error_line
+from harness.objective import rank_trials
 from harness.space import Study
 
 TRIALS_PARQUET, TRIALS_CSV, CURVES_PARQUET = "results.parquet", "results.csv", "curves.parquet"
@@ -35,54 +36,67 @@ def _gpus_per_trial(study: Study) -> float:
     return s.num_workers * (s.gpus_per_worker or 1.0) if s.use_gpu else 0.0
 
 
+def epoch_reports(analysis: ExperimentAnalysis, trial_id: str) -> pd.DataFrame:
+    """A trial's per-epoch reports in order (step checkpoints report fractional epochs: dropped);
+    after a resume an epoch reported twice keeps its last report."""
+    frame = analysis.trial_dataframes.get(trial_id, pd.DataFrame())
+    if "epoch" not in frame:
+        return frame
+    return frame[frame["epoch"] == frame["epoch"].round()].drop_duplicates("epoch", keep="last")
+
+
 def collect(study: Study, study_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(one row per trial, one row per trial and epoch) from the experiment folder."""
+    """(one row per trial, one row per trial and epoch) from the experiment folder.
+
+    A trial's `metric` column is the objective (harness/objective.py): the value at its last
+    measured epoch (`objective_epoch`), with the knn/rank1 and the checkpoint of that same epoch.
+    Epochs without a probe keep NaN in the curves: only measured values are values.
+    """
     analysis = ExperimentAnalysis(str(study_dir))
     metric = study.metric
     params = [d.key for d in study.space]
     rows, curves = [], []
     for trial in analysis.trials:
-        frame = analysis.trial_dataframes.get(trial.trial_id, pd.DataFrame())
-        if "epoch" in frame:  # per-epoch reports only (step checkpoints report fractions)
-            frame = frame[frame["epoch"] == frame["epoch"].round()]
+        frame = epoch_reports(analysis, trial.trial_id)
         last = frame.iloc[-1].to_dict() if len(frame) else {}
+        measured = frame[frame[metric].notna()] if metric in frame else frame.iloc[0:0]
+        at = measured.iloc[-1].to_dict() if len(measured) else {}
         epochs = float(last.get("epoch", 0) or 0)
-        best_idx = frame[metric].idxmax() if metric in frame and len(frame) else None
-        if best_idx is not None and study.mode == "min":
-            best_idx = frame[metric].idxmin()
-        best = frame.loc[best_idx] if best_idx is not None else {}
         wall = float(last.get("time_total_s", 0.0) or 0.0)
         row: dict[str, Any] = {"trial_id": trial.trial_id, "status": trial.status}
         row.update({p: trial.config.get(p) for p in params})
         row.update({
-            metric: last.get(metric, math.nan),
-            f"best_{metric}": best.get(metric, math.nan) if len(frame) else math.nan,
-            "best_epoch": best.get("epoch", math.nan) if len(frame) else math.nan,
-            "knn_top1": last.get("knn_top1", math.nan),
-            "rank1": last.get("rank1", math.nan),
+            metric: at.get(metric, math.nan),
+            "objective_epoch": at.get("epoch", math.nan),
+            "knn_top1": at.get("knn_top1", math.nan),
+            "rank1": at.get("rank1", math.nan),
             "loss": last.get("loss", math.nan),
             "epochs": epochs,
             "stop_reason": _stop_reason(trial.status, epochs, study.scheduler.max_t),
             "wall_s": wall,
+            "finished_at": last.get("timestamp", math.nan),  # unix time of the trial's last report
             "gpu_hours": wall * _gpus_per_trial(study) / 3600.0,
-            "checkpoint_path": best.get("checkpoint_path") if len(frame) else None,
+            "checkpoint_path": at.get("checkpoint_path"),
+            "split": study.base.data.val_split,
             "error": first_error_line(trial) if trial.status == "ERROR" else "",
         })
         rows.append(row)
         for _, r in frame.iterrows():
             curves.append({"trial_id": trial.trial_id, "epoch": r.get("epoch"),
-                           metric: r.get(metric), "loss": r.get("loss"),
+                           metric: r.get(metric, math.nan), "loss": r.get("loss"),
                            "time_total_s": r.get("time_total_s"),
                            "stop_reason": row["stop_reason"]})
-    return pd.DataFrame(rows), pd.DataFrame(curves)
+    trials = pd.DataFrame(rows)
+    if len(trials):  # on a tie the trial that finished first ranks first, as in Optuna's best_trial
+        trials = trials.sort_values("finished_at", kind="stable")
+        trials = rank_trials(trials, metric, study.mode, study.scheduler.max_t).reset_index(drop=True)
+    return trials, pd.DataFrame(curves)
 
 
 def best_row(trials: pd.DataFrame, study: Study) -> pd.Series | None:
-    col = f"best_{study.metric}"
-    ok = trials[(trials["status"] != "ERROR") & trials[col].notna()] if len(trials) else trials
-    if ok.empty:
-        return None
-    return ok.loc[ok[col].idxmin() if study.mode == "min" else ok[col].idxmax()]
+    """The study's best trial by the objective (the first row of `collect`'s ranking)."""
+    ok = trials[(trials["status"] != "ERROR") & trials[study.metric].notna()] if len(trials) else trials
+    return None if ok.empty else ok.iloc[0]
 
 
 def write_results(study: Study, study_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
@@ -98,16 +112,24 @@ def write_results(study: Study, study_dir: str | Path, out_dir: str | Path) -> d
         return {}
     params = {d.key: _plain(best[d.key]) for d in study.space}
     config = to_dict(study.trial_config(params))
-    header = (f"# best trial {best['trial_id']} of study {study.name}: "
-              f"best {study.metric} {best[f'best_{study.metric}']:.4f}\n"
+    split = study.base.data.val_split
+    header = (f"# best trial {best['trial_id']} of study {study.name}: {study.metric} "
+              f"{best[study.metric]:.4f} on split '{split}' at epoch {int(best['objective_epoch'])}\n"
               f"# run it in full: python harness/train.py --config {out / BEST_CONFIG}\n")
     (out / BEST_CONFIG).write_text(header + yaml.safe_dump(config, sort_keys=False))
     summary = {"trial_id": best["trial_id"], "params": params,
-               study.metric: _plain(best[study.metric]),
-               f"best_{study.metric}": _plain(best[f"best_{study.metric}"]),
-               "checkpoint_path": best["checkpoint_path"]}
+               "objective": f"{study.metric} on '{split}' at the trial's last measured epoch",
+               "metric": study.metric, study.metric: _plain(best[study.metric]), "split": split,
+               "epoch": int(best["objective_epoch"]), "epochs": _plain(best["epochs"]),
+               "stop_reason": best["stop_reason"], "checkpoint_path": best["checkpoint_path"]}
     (out / BEST_JSON).write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def describe_best(best: dict[str, Any]) -> str:
+    """The best trial in one line, saying what its number is: metric, split, epoch, budget."""
+    return (f"best trial {best['trial_id']}: {best['metric']} {best[best['metric']]:.4f} on split "
+            f"'{best['split']}' at epoch {best['epoch']} ({best['stop_reason']}, the study's objective)")
 
 
 def _plain(value: Any) -> Any:

@@ -43,8 +43,10 @@ def build_trainer(cfg: TrainConfig, name: str, callbacks: list[Any] | None = Non
             name=name,
             storage_path=storage_uri(cfg.run.storage),
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+            # Keep the two latest measured epochs (Train keeps the latest checkpoint besides):
+            # the objective's checkpoint is the last measured one (harness/objective.py).
             checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=2, checkpoint_score_attribute="probe_top1", checkpoint_score_order="max"
+                num_to_keep=2, checkpoint_score_attribute="probed_epoch", checkpoint_score_order="max"
             ),
             callbacks=callbacks or [],
             logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING"),

@@ -22,6 +22,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 from harness.cli_errors import exit_on_user_error  # noqa: E402
 from harness.config import parse_overrides, to_dict  # noqa: E402
 from harness.data_check import is_remote, prepare_paths  # noqa: E402
+from harness.objective import rung_epochs  # noqa: E402
 from harness.space import Study, load_study  # noqa: E402
 
 DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "tune_spaces" / "demo.yaml"
@@ -74,6 +75,15 @@ def upload(local: Path, uri: str) -> None:
     pyarrow.fs.copy_files(str(local), uri)
 
 
+def objective_line(study: Study) -> str:
+    """What the study maximises, in words (harness/objective.py)."""
+    rungs = rung_epochs(study.scheduler.grace_period, study.scheduler.max_t, study.scheduler.reduction_factor)
+    compare = f"ASHA compares trials at epochs {rungs}; " if study.scheduler.type == "asha" else ""
+    return (f"{study.metric} ({study.mode}) on split '{study.base.data.val_split}' at each trial's last "
+            f"measured epoch; {compare}the best trial is the best of those that ran all "
+            f"{study.scheduler.max_t} epochs")
+
+
 def random_init_baseline(study: Study) -> dict[str, float]:
     """The probe on a randomly initialised backbone: what self-supervision must beat."""
     import torch
@@ -100,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(study.space)} parameters, {study.search.max_concurrent} at once; folder {uri}",
           flush=True)
 
+    print(f"[study] objective: {objective_line(study)}", flush=True)
+
     baseline = {} if args.no_baseline else random_init_baseline(study)
     if baseline:
         print(f"[study] random-init backbone: probe_top1 {baseline['probe_top1']:.4f} "
@@ -108,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     from harness.console import summary_table
     from harness.ray_session import connect, quiet_tune
     from harness.report import write_plots
-    from harness.results import collect, write_results
+    from harness.results import collect, describe_best, write_results
     from harness.study import build_tuner, unschedulable
 
     import ray
@@ -118,9 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     for problem in unschedulable(study, ray.cluster_resources()):
         print(f"[study] warning: a trial cannot be scheduled on the cluster as it is now ({problem}); "
               "it waits for an autoscaler to add nodes", flush=True)
-    # Tune saves the study's state every >= 10 s by default; a trial that finished in that window
-    # before a crash would run again on resume. Trials here take minutes: save every 2 s.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    if not is_remote(uri):
+        # Tune saves the study's state every >= 10 s by default; a trial finished in that window
+        # before a crash would start again on resume (its Train run then only re-reports its last
+        # epoch). Locally a save is one small file: save every 2 s. On a bucket each save uploads
+        # the study folder, so Tune's default period stands there.
+        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     study.save(folder)
     tuner = build_tuner(study, uri, folder, retry_errored=args.retry_errored, verbose=args.verbose)
     tuner.fit()
@@ -131,13 +146,13 @@ def main(argv: list[str] | None = None) -> int:
         (folder / "best.json").write_text(json.dumps(best, indent=2))
     write_plots(study, uri, folder)
     trials, _ = collect(study, uri)
-    print("\n" + summary_table(trials, study.metric, study.mode, [d.key for d in study.space]))
+    print("\n" + summary_table(trials, study.metric, [d.key for d in study.space]))
     for _, row in trials[trials["status"] == "ERROR"].iterrows():
         print(f"[study] errored {row['trial_id']}: {row['error']} (rerun with --retry-errored)")
     if best:
-        line = f"\n[study] best trial {best['trial_id']}: best {study.metric} {best['best_' + study.metric]:.4f}"
+        line = f"\n[study] {describe_best(best)}"
         if baseline:
-            line += f" vs random-init {baseline['probe_top1']:.4f}"
+            line += f"; random-init backbone {baseline['probe_top1']:.4f}"
         print(line)
         print(f"[study] best config: {folder / 'best_config.yaml'}\n[study] best checkpoint: {best['checkpoint_path']}")
     print(f"[study] results: {folder / 'results.parquet'} (pandas.read_parquet), plots in {folder / 'plots'}")

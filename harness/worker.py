@@ -21,6 +21,7 @@ from cmd_model.losses import NonFiniteLossError
 from harness.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from harness.config import TrainConfig, build_config, to_dict
 from harness.evaluation import evaluate_backbone
+from harness.objective import is_probed
 from shards.augment import to_model_input
 from shards.pipeline import steps_per_epoch, train_loader
 
@@ -155,7 +156,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         _report(history[-1], None, rank)
         return
     log = EpochLog(cfg.run.storage, context.get_experiment_name(), rank)
-    last_eval: dict[str, float] = {}
     for epoch in range(start_epoch, cfg.optim.epochs):
         epoch_rng = rng_state()
         loader = iter(train_loader(cfg.data, rank, world, epoch))
@@ -183,19 +183,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             every = cfg.run.checkpoint_every_steps
             if every and (step + 1) % every == 0 and step + 1 < steps:
                 state = _state(engine, cfg, epoch, step + 1, best, history, epoch_rng)
-                _report({"epoch": epoch + (step + 1) / steps, "probe_top1": last_eval.get("probe_top1", float("nan")),
+                _report({"epoch": epoch + (step + 1) / steps, "probe_top1": float("nan"), "probed_epoch": -1,
                          **meter.summary()}, state, rank)
             if cfg.run.log_every_steps and rank == 0 and (step + 1) % cfg.run.log_every_steps == 0:
                 print(f"[train] epoch {epoch + 1} step {step + 1}/{steps} loss {metrics['loss']:.4f}", flush=True)
 
         epoch_metrics = meter.summary()
         done = epoch + 1
-        if rank == 0 and (done % cfg.eval.probe_every == 0 or done == cfg.optim.epochs):
-            last_eval = evaluate_backbone(engine.teacher_backbone, cfg.data, cfg.eval, device, seed=cfg.run.seed)
-        best = max(best, last_eval.get("probe_top1", 0.0))
-        epoch_metrics.update(last_eval)
-        epoch_metrics.update(epoch=done, best_probe_top1=best)
-        epoch_metrics.setdefault("probe_top1", float("nan"))  # not measured yet (eval.probe_every)
+        # Only a measured epoch carries probe values; others report NaN, never an older value
+        # (harness/objective.py). `probed_epoch` ranks checkpoints, so the last measured one is kept.
+        probed = is_probed(done, cfg.eval.probe_every, cfg.optim.epochs)
+        evaluation = (evaluate_backbone(engine.teacher_backbone, cfg.data, cfg.eval, device, seed=cfg.run.seed)
+                      if probed and rank == 0 else {})
+        best = max(best, evaluation.get("probe_top1", 0.0))
+        epoch_metrics.update(evaluation)
+        epoch_metrics.update(epoch=done, best_probe_top1=best, probed_epoch=done if probed else -1)
+        epoch_metrics.setdefault("probe_top1", float("nan"))
         history.append({k: float(v) for k, v in epoch_metrics.items()})
         state = _state(engine, cfg, done, 0, best, history, rng_state())
         log.write(done, epoch_metrics)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from harness.config import build_config, load_config
+from harness.search import load_search_state
 from tests.tiny import tiny_base, write_tiny_study
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,10 +62,12 @@ def test_tune_study_writes_dataframe_and_best_config(ray_head, demo_shards, tmp_
     assert len(frame) == 2
     assert frame["probe_top1"].between(0, 1).all()
     assert set(frame["stop_reason"]) <= {"completed", "early_stopped"}
-    assert {"loss.mil_weight", "data.crops.local_crops", "best_probe_top1", "checkpoint_path"} <= set(frame)
+    assert {"loss.mil_weight", "data.crops.local_crops", "objective_epoch", "split", "checkpoint_path"} <= set(frame)
     assert pd.read_csv(folder / "results.csv")["trial_id"].tolist() == frame["trial_id"].tolist()
     best = json.loads((folder / "best.json").read_text())
-    assert best["trial_id"] in set(frame["trial_id"])
+    assert best["trial_id"] == frame["trial_id"].iloc[0]  # results are ranked by the one objective
+    assert best["split"] == "val" and best["probe_top1"] == frame["probe_top1"].iloc[0]
+    assert load_search_state(folder).best_trial.user_attrs["tune_trial_id"] == best["trial_id"]  # Optuna agrees
     assert Path(best["checkpoint_path"]).is_dir()
 
     assert len(list(folder.glob("trial_driver_*/events.out.tfevents.*"))) == 2  # TensorBoard, always
@@ -86,6 +89,32 @@ def test_tune_study_writes_dataframe_and_best_config(ray_head, demo_shards, tmp_
     out = run_cli(["harness/train.py", "--config", str(folder / "best_config.yaml"), "--name", "again",
                    f"run.storage={tmp_path / 'again'}"], ray_head.env)
     assert "[train] done: probe_top1" in out.stdout
+
+
+def test_best_json_names_the_kept_checkpoint_of_the_measured_epoch(ray_head, demo_shards, tmp_path):
+    """A trial whose last measured epoch (3) is not its last epoch (5): unprobed epochs report no
+    value, the objective is epoch 3's, and its checkpoint survives Train's num_to_keep."""
+    space = write_tiny_study(tmp_path / "tiny.yaml", demo_shards, tmp_path / "runs", num_samples=1, max_t=6,
+                             scheduler={"type": "asha", "max_t": 6, "grace_period": 3, "reduction_factor": 2})
+    run_cli(["harness/tune.py", "--space", str(space), "--no-baseline", "eval.probe_every=3",
+             "run.stop_after_epoch=5"], ray_head.env)
+    folder = tmp_path / "runs" / "tiny"
+    curves = pd.read_parquet(folder / "curves.parquet").set_index("epoch")
+    assert list(curves.index) == [1, 2, 3, 4, 5]
+    assert curves["probe_top1"].notna().tolist() == [False, False, True, False, False]  # measured only
+    best = json.loads((folder / "best.json").read_text())
+    assert best["epoch"] == 3 and best["probe_top1"] == curves.loc[3, "probe_top1"]
+    state = torch.load(Path(best["checkpoint_path"]) / "state.pt", weights_only=True)
+    assert state["epoch"] == 3 and state["history"][-1]["probe_top1"] == best["probe_top1"]
+
+    from harness import final  # the one explicit step on test data
+
+    assert final.main([str(folder)]) == 0
+    result = json.loads((folder / "final_test.json").read_text())
+    assert result["split"] == "test" and result["selected_on"] == "val" and result["epoch"] == 3
+    assert result["checkpoint"] == str(Path(best["checkpoint_path"]) / "state.pt")
+    assert 0.0 <= result["metrics"]["probe_top1"] <= 1.0
+    assert final.main([str(folder), "--split", "val"]) == 2  # the selection split is refused
 
 
 def test_ray_job_submit_runs_a_study(ray_head, demo_shards, tmp_path):

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from optuna.trial import TrialState
 
+from harness.search import load_search_state
 from tests.tiny import write_tiny_study
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,6 +28,12 @@ def result_files(folder: Path) -> dict[str, bytes]:
         if match:
             out[match.group(1)] = path.read_bytes()
     return out
+
+
+def told(study) -> dict[int, tuple]:
+    """Optuna trial number -> what it was told, for every trial with a final state."""
+    return {t.number: (t.user_attrs["tune_trial_id"], t.state, t.value, t.params, t.intermediate_values)
+            for t in study.trials if t.state != TrialState.RUNNING}
 
 
 def test_killed_study_resumes_and_keeps_finished_trials(ray_head, demo_shards, tmp_path):
@@ -48,6 +56,8 @@ def test_killed_study_resumes_and_keeps_finished_trials(ray_head, demo_shards, t
     folder = tmp_path / "runs" / "tiny"
     before = result_files(folder)
     assert finished and finished[0] in before
+    told_before = told(load_search_state(folder))
+    assert told_before, "the searcher's state was not saved before the kill"
 
     again = subprocess.run(cmd, cwd=ROOT, env=ray_head.env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
@@ -55,7 +65,17 @@ def test_killed_study_resumes_and_keeps_finished_trials(ray_head, demo_shards, t
     assert f"{finished[0]} started" not in again.stdout  # the finished trial was not run again
     after = result_files(folder)
     assert after[finished[0]] == before[finished[0]]
+    optuna_after = load_search_state(folder)
+    told_after = told(optuna_after)
+    for number, trial in told_before.items():  # Optuna's memory of every finished trial is kept
+        assert told_after[number] == trial
     frame = pd.read_parquet(folder / "results.parquet")
     assert len(frame) == 3
+    tune_ids = [t.user_attrs["tune_trial_id"] for t in optuna_after.trials]
+    assert sorted(tune_ids) == sorted(frame["trial_id"])  # each trial told once, none run twice
+    expected = {"completed": TrialState.COMPLETE, "error": TrialState.FAIL}
+    for t in optuna_after.trials:
+        reason = frame.set_index("trial_id").loc[t.user_attrs["tune_trial_id"], "stop_reason"]
+        assert t.state == expected[reason], (t.user_attrs, reason)
     assert frame.set_index("trial_id").loc[finished[0], "stop_reason"] == "completed"
     assert frame["probe_top1"].notna().all()
