@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)  ## create .venv and install the project (only when missing or out of date)
 
-demo: $(STAMP)  ## a whole study on the generated demo set (2 CPU cores: ~5 minutes)
+demo: $(STAMP)  ## a whole study on the generated demo set, then its one test measurement (2 CPU cores: ~5 minutes)
 	$(BIN)/python harness/tune.py --space tune_spaces/demo.yaml
+	$(BIN)/python -m harness.final runs/demo
 
 test: $(STAMP)  ## the test suite (shared-Ray tests, then the isolated autoscaling test)
 	$(BIN)/python -m pytest tests -m "not isolated"
