@@ -2,6 +2,7 @@
 cannot build fails in a second, not in every Ray worker."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def check_model_builds(cfg: TrainConfig, source: str) -> None:
     line naming the file, not an error in every Ray worker."""
     import torch
 
-    from cmd_model.losses import CMDLoss
+    from cmd_model.losses import CMDLoss, NonFiniteLossError
     from cmd_model.network import build_networks
 
     crops = cfg.data.crops
@@ -62,7 +63,10 @@ def check_model_builds(cfg: TrainConfig, source: str) -> None:
             student, teacher = build_networks(replace(cfg.model, init_checkpoint=None), cfg.loss)
             loss = CMDLoss(cfg.model.out_dim, cfg.loss)
             views = [torch.zeros(batch, 3, s, s) for s in sizes]
-            loss(student(views), teacher(views[:2]), cfg.loss.teacher_temp)
+            # This checks what is built, not the values: a non-finite loss is the train loop's to
+            # report, with its epoch, step and term (harness/worker.py).
+            with contextlib.suppress(NonFiniteLossError):
+                loss(student(views), teacher(views[:2]), cfg.loss.teacher_temp)
             eval_crop = torch.zeros(1, 3, crops.eval_size, crops.eval_size)
             teacher.backbone.features(eval_crop, cfg.eval.probe_feature)
     except (ValueError, RuntimeError, AssertionError) as exc:  # timm asserts on input sizes

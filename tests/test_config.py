@@ -241,3 +241,9 @@ def test_every_declared_model_choice_builds():
             cfg = load_config(DEMO, [f"{key}={choice}"])
             assert get_dotted(cfg, key) == choice
             check_model_builds(cfg, DEMO)
+
+
+def test_preflight_leaves_loss_values_to_the_train_loop():
+    """A legal value that makes the loss non-finite (tests/test_nan.py) passes the preflight: the
+    worker reports it with epoch, step and term."""
+    check_model_builds(load_config(DEMO, ["loss.student_temp=1.0e-40"]), DEMO)
