@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import typing
 from typing import Any
 
 import timm
@@ -15,9 +16,9 @@ import torch
 from timm.layers import PatchEmbed
 from torch import nn
 
-from cmd_model.config import ModelConfig
+from cmd_model.config import FeatureKind, ModelConfig
 
-FEATURE_KINDS = ("cls", "avgpool", "last4", "last4cls")
+FEATURE_KINDS = typing.get_args(FeatureKind)
 _STRIP_PREFIXES = ("module.", "backbone.", "_orig_mod.")
 
 

@@ -6,7 +6,17 @@ tune_spaces/cub.yaml and listed with its source in cmd_model/README.md.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from annotated_types import Ge, Gt, Interval
+
+# Each set of names is spelled here only; code that needs the list uses typing.get_args.
+Method = Literal["dino", "esvit", "cmd"]  # each adds a term: image; + region; + multi-instance
+MilPooling = Literal["sum", "mean", "attention"]
+MilKLDirection = Literal["bag||image", "image||bag"]
+MilKLReduction = Literal["batchmean", "mean"]
+FeatureKind = Literal["cls", "avgpool", "last4", "last4cls"]  # see Backbone.features
+RetrievalMode = Literal["every9", "test_vs_train"]
 
 
 @dataclass
@@ -18,7 +28,7 @@ class ModelConfig:
     backbone_kwargs: dict[str, Any] = field(
         default_factory=lambda: {"patch_size": 8, "img_size": 64, "depth": 4}
     )
-    drop_path_rate: float = 0.0  # official Swin-T script: 0.1
+    drop_path_rate: Annotated[float, Interval(ge=0, lt=1)] = 0.0  # official Swin-T script: 0.1
     # Several crop sizes through one model (global 224 + local 96 in the paper): timm ViT
     # interpolates its position embedding per forward, timm Swin pads to the window and builds
     # its shift masks per forward (as EsViT's Swin does). See cmd_model/README.md.
@@ -31,10 +41,10 @@ class ModelConfig:
     init_checkpoint_key: str = "teacher"  # "teacher" | "student" | "" (top level)
     # Heads: official code (EsViT DINOHead): 3-layer MLP, hidden 2048, bottleneck 256,
     # weight-normalised last layer, out_dim 65536, norm_last_layer False.
-    out_dim: int = 1024
-    hidden_dim: int = 512
-    bottleneck_dim: int = 128
-    head_layers: int = 3
+    out_dim: Annotated[int, Gt(0)] = 1024
+    hidden_dim: Annotated[int, Gt(0)] = 512
+    bottleneck_dim: Annotated[int, Gt(0)] = 128
+    head_layers: Annotated[int, Gt(0)] = 3
     norm_last_layer: bool = False
     use_bn_in_head: bool = False
 
@@ -43,59 +53,60 @@ class ModelConfig:
 class LossConfig:
     """CMD loss terms; weights and temperatures from main_esvit.py DDINOLoss ("ours md")."""
 
-    method: str = "cmd"  # "cmd" | "esvit" (no MIL term) | "dino" (image term only)
-    image_weight: float = 0.5  # L_I, official: 0.5
-    region_weight: float = 0.5  # L_R, official: 0.5
-    mil_weight: float = 1.0  # lambda on L_S (+ L_T), official: 1.0 (earlier script 0.1)
-    mil_pooling: str = "sum"  # "sum" | "mean" (same distribution) | "attention" (gated MIL)
-    mil_attention_dim: int = 64  # hidden size of the gated-attention MIL pooling
+    method: Method = "cmd"  # esvit: no MIL term; dino: image term only
+    image_weight: Annotated[float, Ge(0)] = 0.5  # L_I, official: 0.5
+    region_weight: Annotated[float, Ge(0)] = 0.5  # L_R, official: 0.5
+    mil_weight: Annotated[float, Ge(0)] = 1.0  # lambda on L_S (+ L_T), official: 1.0 (earlier script 0.1)
+    mil_pooling: MilPooling = "sum"  # mean: same distribution as sum; attention: gated MIL
+    mil_attention_dim: Annotated[int, Gt(0)] = 64  # hidden size of the gated-attention MIL pooling
     teacher_mil_in_loss: bool = False  # official: L_T has no gradient; logged only
     legacy_kl_target: bool = False  # reproduce torch<=1.10 kl_div on raw logits (see README)
     # Official F.kl_div(image, bag) is KL(bag || image); "image||bag" is the other direction.
-    mil_kl_direction: str = "bag||image"
+    mil_kl_direction: MilKLDirection = "bag||image"
     # Official F.kl_div default reduction "mean" averages over B*K elements (the term is then
     # ~1/K of a per-sample KL); "batchmean" (default here) is the KL per image. See README.
-    mil_kl_reduction: str = "batchmean"
+    mil_kl_reduction: MilKLReduction = "batchmean"
     # Collapse flag: teacher entropy above this fraction of ln(out_dim) (uniform outputs), or
     # one prototype for the whole batch (dominant output). Not in the sources; README.
-    collapse_entropy_frac: float = 0.95
-    student_temp: float = 0.1
-    teacher_temp: float = 0.07  # final teacher temperature
-    warmup_teacher_temp: float = 0.04
-    warmup_teacher_temp_epochs: int = 30
-    center_momentum: float = 0.9
+    collapse_entropy_frac: Annotated[float, Interval(ge=0, le=1)] = 0.95
+    student_temp: Annotated[float, Gt(0)] = 0.1
+    teacher_temp: Annotated[float, Gt(0)] = 0.07  # final teacher temperature
+    warmup_teacher_temp: Annotated[float, Gt(0)] = 0.04
+    warmup_teacher_temp_epochs: Annotated[int, Ge(0)] = 30
+    center_momentum: Annotated[float, Interval(ge=0, le=1)] = 0.9
 
 
 @dataclass
 class OptimConfig:
     """AdamW with DINO's per-iteration schedules (main_esvit.py / DINO utils.cosine_scheduler)."""
 
-    epochs: int = 100
-    lr: float = 5e-4  # per 256 images of global batch: lr = lr * batch / 256
-    min_lr: float = 1e-6
-    warmup_epochs: int = 10
-    weight_decay: float = 0.04
-    weight_decay_end: float = 0.4
-    momentum_teacher: float = 0.996  # cosine to 1.0 per iteration
-    clip_grad: float = 3.0  # per-parameter norm clip, 0 disables
-    freeze_last_layer: int = 1  # epochs with the heads' last layer frozen
-    accumulate: int = 1  # gradient accumulation steps
+    epochs: Annotated[int, Gt(0)] = 100
+    lr: Annotated[float, Gt(0)] = 5e-4  # per 256 images of global batch: lr = lr * batch / 256
+    min_lr: Annotated[float, Ge(0)] = 1e-6
+    warmup_epochs: Annotated[int, Ge(0)] = 10
+    weight_decay: Annotated[float, Ge(0)] = 0.04
+    weight_decay_end: Annotated[float, Ge(0)] = 0.4
+    momentum_teacher: Annotated[float, Interval(ge=0, le=1)] = 0.996  # cosine to 1.0 per iteration
+    clip_grad: Annotated[float, Ge(0)] = 3.0  # per-parameter norm clip, 0 disables
+    freeze_last_layer: Annotated[int, Ge(0)] = 1  # epochs with the heads' last layer frozen
+    accumulate: Annotated[int, Gt(0)] = 1  # gradient accumulation steps
 
 
 @dataclass
 class EvalConfig:
     """Frozen-teacher evaluation: the fast probe is the Tune objective."""
 
-    probe_every: int = 1  # epochs between probe evaluations (the last epoch always)
-    probe_feature: str = "cls"  # "cls" | "avgpool" | "last4" (official: concat last 4 blocks)
-    probe_epochs: int = 100  # full-batch L-BFGS/Adam iterations for the fast probe
-    probe_weight_decay: float = 1e-4
-    knn_k: tuple[int, ...] = (10, 20, 100, 200)
-    knn_temperature: float = 0.07
-    retrieval_mode: str = "every9"  # "every9" (official default) | "test_vs_train"
-    max_train_images: int | None = None  # cap on probe train features (speed)
+    probe_every: Annotated[int, Gt(0)] = 1  # epochs between probe evaluations (the last epoch always)
+    # What each kind is: cmd_model.backbone.Backbone.features (official probe: last4; DINO ViT: last4cls)
+    probe_feature: FeatureKind = "cls"
+    probe_epochs: Annotated[int, Gt(0)] = 100  # full-batch L-BFGS/Adam iterations for the fast probe
+    probe_weight_decay: Annotated[float, Ge(0)] = 1e-4
+    knn_k: tuple[Annotated[int, Gt(0)], ...] = (10, 20, 100, 200)
+    knn_temperature: Annotated[float, Gt(0)] = 0.07
+    retrieval_mode: RetrievalMode = "every9"  # every9: the official default
+    max_train_images: Annotated[int, Gt(0)] | None = None  # cap on probe train features (speed)
     # Official linear-probe protocol (EsViT eval_linear.py): SGD momentum 0.9, no weight decay,
     # lr 0.001 * batch / 256, cosine, 100 epochs, best test top-1 over epochs.
-    paper_probe_epochs: int = 100
-    paper_probe_lr: float = 0.001
-    paper_probe_batch: int = 256
+    paper_probe_epochs: Annotated[int, Gt(0)] = 100
+    paper_probe_lr: Annotated[float, Gt(0)] = 0.001
+    paper_probe_batch: Annotated[int, Gt(0)] = 256

@@ -72,8 +72,7 @@ class CMDEngine:
         wrap_student: Callable[[nn.Module], nn.Module] | None = None,
         amp_dtype: torch.dtype | None = None,
     ) -> None:
-        if optim_cfg.accumulate < 1:
-            raise ValueError(f"optim.accumulate={optim_cfg.accumulate} must be >= 1")
+        assert optim_cfg.accumulate >= 1, optim_cfg  # checked with the config (harness.config)
         if amp_dtype not in (None, torch.bfloat16, torch.float16):
             raise ValueError(f"amp_dtype={amp_dtype}; expected None, torch.bfloat16 or torch.float16")
         self.model_cfg, self.loss_cfg, self.optim_cfg = model_cfg, loss_cfg, optim_cfg

@@ -21,7 +21,7 @@ from cmd_model.config import EvalConfig, LossConfig, ModelConfig
 from cmd_model.knn import knn_top1
 from cmd_model.network import build_network
 from cmd_model.probe import linear_probe, paper_probe
-from cmd_model.retrieval import retrieval
+from cmd_model.retrieval import MODES, retrieval
 
 __all__ = ["extract_features", "linear_probe", "paper_probe", "knn_top1", "retrieval", "load_teacher", "main"]
 
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                    help="kNN / retrieval feature (official: pooled final feature)")
     p.add_argument("--paper-probe", action="store_true", help="also run the official probe protocol (last4)")
     p.add_argument("--paper-probe-epochs", type=int, default=ev.paper_probe_epochs)
-    p.add_argument("--retrieval-mode", default=ev.retrieval_mode, choices=("every9", "test_vs_train"))
+    p.add_argument("--retrieval-mode", default=ev.retrieval_mode, choices=MODES)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)

@@ -1,7 +1,11 @@
 """Inter-level MIL terms L_S / L_T: image-level distribution vs the bag of token distributions."""
 from __future__ import annotations
 
+from typing import get_args
+
 import torch
+
+from cmd_model.config import MilKLDirection, MilKLReduction
 
 
 def kl_log(log_p: torch.Tensor, log_q: torch.Tensor, reduction: str = "batchmean") -> torch.Tensor:
@@ -18,7 +22,7 @@ def kl_log(log_p: torch.Tensor, log_q: torch.Tensor, reduction: str = "batchmean
         return elem.sum(dim=-1).mean()
     if reduction == "mean":
         return elem.mean()
-    raise ValueError(f"loss.mil_kl_reduction={reduction!r}; expected 'batchmean' or 'mean'")
+    raise ValueError(f"loss.mil_kl_reduction={reduction!r}; expected one of {get_args(MilKLReduction)}")
 
 
 def mil_kl(image_log_probs: torch.Tensor, bag_log_probs: torch.Tensor, direction: str = "bag||image",
@@ -32,7 +36,7 @@ def mil_kl(image_log_probs: torch.Tensor, bag_log_probs: torch.Tensor, direction
         return kl_log(bag_log_probs, image_log_probs, reduction)
     if direction == "image||bag":
         return kl_log(image_log_probs, bag_log_probs, reduction)
-    raise ValueError(f"loss.mil_kl_direction={direction!r}; expected 'bag||image' or 'image||bag'")
+    raise ValueError(f"loss.mil_kl_direction={direction!r}; expected one of {get_args(MilKLDirection)}")
 
 
 def legacy_kl_div(inp: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -8,11 +8,14 @@ official code (see cmd_model/README.md).
 from __future__ import annotations
 
 import math
+import typing
 
 import torch
 from torch import nn
 
-POOLINGS = ("sum", "mean", "attention")
+from cmd_model.config import MilPooling
+
+POOLINGS = typing.get_args(MilPooling)
 
 
 class GatedAttentionMIL(nn.Module):

@@ -2,17 +2,18 @@
 from __future__ import annotations
 
 import copy
+import typing
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from cmd_model.backbone import Backbone, build_backbone
-from cmd_model.config import LossConfig, ModelConfig
+from cmd_model.config import LossConfig, Method, ModelConfig
 from cmd_model.heads import DINOHead
 from cmd_model.mil import GatedAttentionMIL
 
-METHODS = ("cmd", "esvit", "dino")
+METHODS = typing.get_args(Method)
 
 
 @dataclass

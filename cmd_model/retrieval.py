@@ -1,10 +1,14 @@
 """Image retrieval by cosine similarity: Rank-1, Rank-5, mAP@100 (official retrieval.py)."""
 from __future__ import annotations
 
+import typing
+
 import torch
 import torch.nn.functional as F
 
-MODES = ("every9", "test_vs_train")
+from cmd_model.config import RetrievalMode
+
+MODES = typing.get_args(RetrievalMode)
 
 
 @torch.no_grad()

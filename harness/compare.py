@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import typing
 
+from cmd_model.config import Method
 from harness.cli_errors import exit_on_user_error
 from harness.config import load_config
 from harness.data_check import prepare_paths
 
-METHODS = ("dino", "esvit", "cmd")
+METHODS = typing.get_args(Method)  # baselines first
 COLUMNS = ("probe_top1", "knn_top1", "rank1", "rank5", "map100")
 
 
@@ -31,7 +33,7 @@ def table(rows: dict[str, dict[str, float]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.compare", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="tune_spaces/demo.yaml", help="training config or space file")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated: dino,esvit,cmd")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated (default: %(default)s)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     args = parser.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -2,18 +2,25 @@
 
 Every bad key or value becomes a `ConfigError` whose message names the dotted key and the
 file, so a typo fails in a second on the laptop instead of minutes later inside a trial.
+Each field declares its own allowed values (`Literal[...]`) or range (`Annotated[float,
+annotated_types.Gt(0)]`); this module checks values against those declarations and the few
+rules that tie fields together (`check_combinations`), so no table here repeats them.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import operator
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Callable, Literal
 
+import annotated_types
 import yaml
+from annotated_types import Ge, Gt
 
 from cmd_model.config import EvalConfig, LossConfig, ModelConfig, OptimConfig
 from shards.config import DataConfig
@@ -27,18 +34,18 @@ class ConfigError(ValueError):
 class ScalingConfig:
     """How one training run (one trial) is spread over Ray Train workers."""
 
-    num_workers: int = 1
+    num_workers: Annotated[int, Gt(0)] = 1
     use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0  # 0 with use_gpu: one GPU per worker
-    resources_per_worker: dict[str, float] = field(default_factory=dict)
+    cpus_per_worker: Annotated[float, Ge(0)] = 1.0
+    gpus_per_worker: Annotated[float, Ge(0)] = 0.0  # 0 with use_gpu: one GPU per worker
+    resources_per_worker: dict[str, Annotated[float, Ge(0)]] = field(default_factory=dict)
     # Resources of each Tune trial's driver process (the one that calls TorchTrainer.fit).
     # CPU 0 keeps drivers from starving the workers (in Ray 2.60 a silent hang otherwise);
     # Ray refuses an all-zero request, so the driver asks for the memory it uses (bytes).
     # On a cluster, `trial_driver: 0.01` pins drivers to non-preemptible nodes.
-    trial_driver_resources: dict[str, float] = field(
+    trial_driver_resources: dict[str, Annotated[float, Ge(0)]] = field(
         default_factory=lambda: {"CPU": 0.0, "memory": 256 * 2**20})
-    amp: str = "auto"  # "auto": bf16 on GPUs that support it, fp16 on older ones, off on CPU
+    amp: Literal["auto", "bf16", "fp16", "none"] = "auto"  # auto: bf16 on GPUs that have it, else fp16; off on CPU
 
 
 @dataclass
@@ -48,13 +55,13 @@ class RunConfig:
     name: str = "cmd"
     storage: str = "runs"  # local folder or s3:// / gs:// URI
     seed: int = 0
-    max_failures: int = 0  # Ray Train worker-group restarts from the last checkpoint
-    checkpoint_every_steps: int = 0  # 0: once per epoch only
-    log_every_steps: int = 0  # 0: a progress line per epoch only
-    torch_threads: int = 0  # 0: one per CPU given to the worker
+    max_failures: Annotated[int, Ge(0)] = 0  # Ray Train worker-group restarts from the last checkpoint
+    checkpoint_every_steps: Annotated[int, Ge(0)] = 0  # 0: once per epoch only
+    log_every_steps: Annotated[int, Ge(0)] = 0  # 0: a progress line per epoch only
+    torch_threads: Annotated[int, Ge(0)] = 0  # 0: one per CPU given to the worker
     # Stop (resumably) once this epoch is done, keeping the full optim.epochs schedule: for
     # jobs with a time limit; rerun with 0 to continue. 0: run to optim.epochs.
-    stop_after_epoch: int = 0
+    stop_after_epoch: Annotated[int, Ge(0)] = 0
 
 
 @dataclass
@@ -78,34 +85,81 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
-    """Return `value` as type `tp`, or raise a ConfigError naming `key` and `source`."""
+# annotated_types bound -> (its attribute, the test a value must pass, how a message shows it)
+_BOUNDS: dict[type, tuple[str, Callable[[Any, Any], bool], str]] = {
+    annotated_types.Gt: ("gt", operator.gt, ">"),
+    annotated_types.Ge: ("ge", operator.ge, ">="),
+    annotated_types.Lt: ("lt", operator.lt, "<"),
+    annotated_types.Le: ("le", operator.le, "<="),
+}
+
+
+def _bounds(metadata: tuple[Any, ...]) -> list[tuple[str, Callable[[Any, Any], bool], Any]]:
+    """(symbol, test, limit) for each bound in an `Annotated[...]`'s metadata (Interval unpacked)."""
+    out = []
+    for item in metadata:
+        for part in item if isinstance(item, annotated_types.GroupedMetadata) else (item,):
+            if type(part) not in _BOUNDS:
+                raise TypeError(f"config fields support Gt/Ge/Lt/Le/Interval constraints, not {part!r}")
+            attr, test, symbol = _BOUNDS[type(part)]
+            out.append((symbol, test, getattr(part, attr)))
+    return out
+
+
+def _range_text(bounds: list[tuple[str, Callable[[Any, Any], bool], Any]]) -> str:
+    """'> 0', '>= 0', 'in [0, 1]', 'in (0, 1]': the range a message asks for."""
+    low = [(s, v) for s, _, v in bounds if s.startswith(">")]
+    high = [(s, v) for s, _, v in bounds if s.startswith("<")]
+    if len(low) == 1 and len(high) == 1:
+        (ls, lv), (hs, hv) = low[0], high[0]
+        return f"in {'(' if ls == '>' else '['}{lv}, {hv}{')' if hs == '<' else ']'}"
+    return " and ".join(f"{s} {v}" for s, _, v in bounds)
+
+
+def plain_type(tp: Any) -> Any:
+    """The type under an `Annotated[...]` (int for `Annotated[int, Gt(0)]`)."""
+    return typing.get_args(tp)[0] if typing.get_origin(tp) is Annotated else tp
+
+
+def coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Return `value` as type `tp` within its declared choices or range, or raise a ConfigError
+    naming `key` and `source`."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if origin is Annotated:
+        value = coerce(value, args[0], key, source)
+        bounds = _bounds(args[1:])
+        if not all(test(value, limit) for _, test, limit in bounds):
+            raise ConfigError(f"{source}: '{key}' must be {_range_text(bounds)}, got {value!r}")
+        return value
+    if origin is Literal:
+        if any(value == a and type(value) is type(a) for a in args):
+            return value
+        raise ConfigError(f"{source}: '{key}' must be one of {list(args)}, got {value!r}")
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key, source)
+        return coerce(value, inner[0], key, source)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: '{key}' must be a mapping, got {value!r}")
-        return _build(tp, value, source, prefix=f"{key}.")
+        return build_dataclass(tp, value, source, prefix=f"{key}.")
     if tp is Any:
         return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{source}: '{key}' must be a list, got {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value))
+            return tuple(coerce(v, args[0], f"{key}.{i}", source) for i, v in enumerate(value))
         if len(value) != len(args):
             raise ConfigError(f"{source}: '{key}' must have {len(args)} items, got {value!r}")
-        return tuple(_coerce(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(value, args)))
+        return tuple(coerce(v, a, f"{key}.{i}", source) for i, (v, a) in enumerate(zip(value, args)))
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: '{key}' must be a mapping, got {value!r}")
         vtype = args[1] if args else Any
-        return {str(k): _coerce(v, vtype, f"{key}.{k}", source) for k, v in value.items()}
+        return {str(k): coerce(v, vtype, f"{key}.{k}", source) for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -125,8 +179,9 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     )
 
 
-def _build(cls: type, values: dict[str, Any], source: str, prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
+def build_dataclass(cls: type, values: dict[str, Any], source: str, prefix: str = "") -> Any:
+    """`cls(**values)` with every value checked against its field's declared type."""
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
@@ -134,7 +189,7 @@ def _build(cls: type, values: dict[str, Any], source: str, prefix: str = "") -> 
             f"{source}: unknown key '{prefix}{unknown[0]}' (known under "
             f"'{prefix or '<top>'}': {', '.join(sorted(names))})"
         )
-    kwargs = {k: _coerce(v, hints[k], f"{prefix}{k}", source) for k, v in values.items()}
+    kwargs = {k: coerce(v, hints[k], f"{prefix}{k}", source) for k, v in values.items()}
     return cls(**kwargs)
 
 
@@ -155,10 +210,10 @@ def field_paths(cls: type = TrainConfig, prefix: str = "") -> dict[str, Any]:
     """Every dotted leaf key of the config with its type: what a search space may name.
 
     Items of fixed-length tuples are leaves too (`data.crops.local_scale.1`), so one end of a
-    range such as a crop scale can be searched.
+    range such as a crop scale can be searched. Types keep their `Annotated` constraints.
     """
     out: dict[str, Any] = {}
-    for name, tp in typing.get_type_hints(cls).items():
+    for name, tp in typing.get_type_hints(cls, include_extras=True).items():
         if dataclasses.is_dataclass(tp):
             out.update(field_paths(tp, f"{prefix}{name}."))
             continue
@@ -195,6 +250,23 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
         node[last] = value
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's float syntax: `5e-4` and `1e9` are numbers, as a
+    person means them (PyYAML follows YAML 1.1, where a float needs a dot: `5e-4` is a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text the way every config, study file and override is read."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """`key=value` strings from a CLI to {dotted key: YAML-parsed value}."""
     out: dict[str, Any] = {}
@@ -202,7 +274,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key=value (e.g. loss.mil_weight=0.5)")
         key, raw = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        out[key.strip()] = load_yaml(raw) if raw.strip() else ""
     return out
 
 
@@ -212,7 +284,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = load_yaml(p.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML: {exc}".splitlines()[0]) from None
     if not isinstance(data, dict):
@@ -260,8 +332,8 @@ def build_config(values: dict[str, Any], overrides: dict[str, Any] | None = None
     tree = copy.deepcopy(values)
     for key, value in (overrides or {}).items():
         set_dotted(tree, key, value)
-    cfg = _build(TrainConfig, tree, source)
-    check_ranges(cfg, source)
+    cfg = build_dataclass(TrainConfig, tree, source)
+    check_combinations(cfg, source)
     return cfg
 
 
@@ -273,34 +345,7 @@ def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None =
 
 
 # ---------------------------------------------------------------------------------------
-# Value ranges
-
-_CHOICES = {
-    "loss.method": ("cmd", "esvit", "dino"),
-    "loss.mil_pooling": ("sum", "mean", "attention"),
-    "data.crops.photometric": ("loader", "step", "none"),
-    "eval.probe_feature": ("cls", "avgpool", "last4"),
-    "eval.retrieval_mode": ("every9", "test_vs_train"),
-    "scaling.amp": ("auto", "bf16", "fp16", "none"),
-}
-_POSITIVE = (
-    "data.batch_size", "data.crops.global_size", "data.crops.local_size", "data.crops.eval_size",
-    "data.crops.eval_resize", "model.out_dim", "model.hidden_dim", "model.bottleneck_dim",
-    "model.head_layers", "loss.student_temp", "loss.teacher_temp", "loss.warmup_teacher_temp",
-    "optim.epochs", "optim.lr", "optim.accumulate", "scaling.num_workers", "eval.probe_every",
-    "eval.probe_epochs",
-)
-_NON_NEGATIVE = (
-    "data.num_workers", "data.crops.local_crops", "loss.image_weight", "loss.region_weight",
-    "loss.mil_weight", "loss.warmup_teacher_temp_epochs", "optim.min_lr", "optim.warmup_epochs",
-    "optim.weight_decay", "optim.weight_decay_end", "optim.clip_grad", "optim.freeze_last_layer",
-    "scaling.cpus_per_worker", "scaling.gpus_per_worker", "run.max_failures",
-    "run.checkpoint_every_steps", "run.log_every_steps", "run.torch_threads", "run.stop_after_epoch",
-)
-_UNIT = (
-    "data.fraction", "loss.center_momentum", "optim.momentum_teacher", "data.crops.color_jitter_p",
-    "data.crops.grayscale_p", "data.crops.solarize_p",
-)
+# Rules that tie fields together (each field's own range is on its declaration)
 
 
 def get_dotted(cfg: Any, key: str) -> Any:
@@ -309,23 +354,19 @@ def get_dotted(cfg: Any, key: str) -> Any:
     return cfg
 
 
-def check_ranges(cfg: TrainConfig, source: str) -> None:
-    """Reject values no run could use, naming the key: caught here, not in a worker."""
-    for key, allowed in _CHOICES.items():
-        if get_dotted(cfg, key) not in allowed:
-            raise ConfigError(f"{source}: '{key}' must be one of {list(allowed)}, got {get_dotted(cfg, key)!r}")
-    for key in _POSITIVE:
-        if not get_dotted(cfg, key) > 0:
-            raise ConfigError(f"{source}: '{key}' must be > 0, got {get_dotted(cfg, key)!r}")
-    for key in _NON_NEGATIVE:
-        if get_dotted(cfg, key) < 0:
-            raise ConfigError(f"{source}: '{key}' must be >= 0, got {get_dotted(cfg, key)!r}")
-    for key in _UNIT:
-        if not 0.0 <= get_dotted(cfg, key) <= 1.0:
-            raise ConfigError(f"{source}: '{key}' must be in [0, 1], got {get_dotted(cfg, key)!r}")
+def check_combinations(cfg: TrainConfig, source: str) -> None:
+    """Reject combinations of valid values that no run can use, naming the keys: caught here,
+    before Ray starts, not in each worker."""
     for key in ("data.crops.global_scale", "data.crops.local_scale"):
         lo, hi = get_dotted(cfg, key)
-        if not 0.0 < lo <= hi <= 1.0:
-            raise ConfigError(f"{source}: '{key}' must satisfy 0 < low <= high <= 1, got {[lo, hi]}")
-    if cfg.loss.image_weight + cfg.loss.region_weight + cfg.loss.mil_weight <= 0:
-        raise ConfigError(f"{source}: the loss weights 'loss.*_weight' are all zero")
+        if not lo <= hi:
+            raise ConfigError(f"{source}: '{key}' must satisfy low <= high, got {[lo, hi]}")
+    loss = cfg.loss
+    if loss.method != "dino":  # dino is the image term with weight 1, whatever the weights say (losses.py)
+        used = ("image_weight", "region_weight") + (("mil_weight",) if loss.method == "cmd" else ())
+        if not any(getattr(loss, w) > 0 for w in used):
+            names = ", ".join(f"'loss.{w}'" for w in used)
+            raise ConfigError(f"{source}: the weights 'loss.method' {loss.method} uses ({names}) are all zero")
+    if loss.legacy_kl_target and loss.mil_pooling == "attention":
+        raise ConfigError(f"{source}: 'loss.legacy_kl_target' reproduces the official unweighted sum over "
+                          "tokens; it cannot be combined with 'loss.mil_pooling' attention")

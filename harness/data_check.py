@@ -2,6 +2,7 @@
 cannot build fails in a second, not in every Ray worker."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -43,11 +44,31 @@ def prepare_paths(cfg: TrainConfig, source: str) -> TrainConfig:
 
 
 def check_model_builds(cfg: TrainConfig, source: str) -> None:
-    """Build the backbone once (random init, no checkpoint: its file is checked above): an unknown
-    timm name or kwarg, or model.conv_stem on a Swin, becomes one line naming the file."""
-    from cmd_model.backbone import build_backbone
+    """Build the student, the teacher and the loss once (random init, no checkpoint: its file is
+    checked above), run one small batch of the configured crops through them, and take the probe
+    feature of one eval crop. An unknown timm name or kwarg, model.conv_stem on a Swin, a crop
+    size the backbone cannot take or a probe feature it has no (last4cls on a Swin) becomes one
+    line naming the file, not an error in every Ray worker."""
+    import torch
 
+    from cmd_model.losses import CMDLoss, NonFiniteLossError
+    from cmd_model.network import build_networks
+
+    crops = cfg.data.crops
+    # the 2 global views and one local view (the others have its shape); BatchNorm needs 2 images
+    sizes = [crops.global_size] * 2 + [crops.local_size] * min(crops.local_crops, 1)
+    batch = 2 if cfg.model.use_bn_in_head else 1
     try:
-        build_backbone(replace(cfg.model, init_checkpoint=None))
-    except ValueError as exc:
-        raise ConfigError(f"{source}: {exc}") from exc
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            student, teacher = build_networks(replace(cfg.model, init_checkpoint=None), cfg.loss)
+            loss = CMDLoss(cfg.model.out_dim, cfg.loss)
+            views = [torch.zeros(batch, 3, s, s) for s in sizes]
+            # This checks what is built, not the values: a non-finite loss is the train loop's to
+            # report, with its epoch, step and term (harness/worker.py).
+            with contextlib.suppress(NonFiniteLossError):
+                loss(student(views), teacher(views[:2]), cfg.loss.teacher_temp)
+            eval_crop = torch.zeros(1, 3, crops.eval_size, crops.eval_size)
+            teacher.backbone.features(eval_crop, cfg.eval.probe_feature)
+    except (ValueError, RuntimeError, AssertionError) as exc:  # timm asserts on input sizes
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"{source}: {first}") from exc

@@ -21,20 +21,22 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from annotated_types import Ge
 
 from harness.config import (
     ConfigError,
     TrainConfig,
     base_section,
     build_config,
+    coerce,
     field_paths,
     get_dotted,
+    plain_type,
     read_yaml,
     set_dotted,
 )
@@ -43,6 +45,7 @@ from harness.objective import rung_epochs, unprobed_rungs
 STUDY_FILE = "study.yaml"  # the resolved study, saved in its run folder for reports and resumes
 _TOP_KEYS = {"base", "space", "points_to_evaluate", "metric", "mode", "search", "scheduler",
              "scaling", "name", "storage", "trackers"}
+Mode = Literal["max", "min"]  # whether the study maximises or minimises `metric`
 _DIST_KEYS = {"uniform": {"low", "high"}, "loguniform": {"low", "high"}, "int": {"low", "high"},
               "choice": {"values"}}
 
@@ -84,20 +87,20 @@ class Dist:
 
 @dataclass
 class SearchSettings:
-    sampler: str = "tpe"  # "tpe" | "random"
-    num_samples: int = 8
-    max_concurrent: int = 1
+    sampler: Literal["tpe", "random"] = "tpe"
+    num_samples: Annotated[int, Ge(1)] = 8
+    max_concurrent: Annotated[int, Ge(1)] = 1
     seed: int = 0
-    startup_trials: int = 10  # TPE samples at random until this many trials were told (Optuna's default)
+    startup_trials: Annotated[int, Ge(0)] = 10  # TPE samples at random until this many trials were told (Optuna's default)
     multivariate: bool = False  # TPE models the parameters jointly (Falkner et al. 2018) or one by one
 
 
 @dataclass
 class SchedulerSettings:
-    type: str = "asha"  # "asha" | "none"
-    max_t: int = 4  # epochs; also the trial's optim.epochs
-    grace_period: int = 1
-    reduction_factor: int = 2
+    type: Literal["asha", "none"] = "asha"
+    max_t: Annotated[int, Ge(1)] = 4  # epochs; also the trial's optim.epochs
+    grace_period: Annotated[int, Ge(1)] = 1  # <= max_t
+    reduction_factor: Annotated[int, Ge(2)] = 2
 
 
 @dataclass
@@ -111,7 +114,7 @@ class Study:
     space: list[Dist]
     points: list[dict[str, Any]]
     metric: str = "probe_top1"
-    mode: str = "max"
+    mode: Mode = "max"
     search: SearchSettings = field(default_factory=SearchSettings)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     storage: str = "runs"
@@ -138,22 +141,7 @@ class Study:
 
 
 def _settings(cls: type, values: Any, key: str, source: Path) -> Any:
-    if values is None:
-        return cls()
-    if not isinstance(values, dict):
-        raise ConfigError(f"{source}: '{key}' must be a mapping")
-    hints = typing.get_type_hints(cls)
-    unknown = sorted(set(values) - set(hints))
-    if unknown:
-        raise ConfigError(f"{source}: unknown key '{key}.{unknown[0]}' (known: {', '.join(sorted(hints))})")
-    for name, value in values.items():
-        if hints[name] is int and (isinstance(value, bool) or not isinstance(value, int)):
-            raise ConfigError(f"{source}: '{key}.{name}' must be int, got {value!r}")
-        if hints[name] is str and not isinstance(value, str):
-            raise ConfigError(f"{source}: '{key}.{name}' must be str, got {value!r}")
-        if hints[name] is bool and not isinstance(value, bool):
-            raise ConfigError(f"{source}: '{key}.{name}' must be true or false, got {value!r}")
-    return cls(**values)
+    return cls() if values is None else coerce(values, cls, key, str(source))
 
 
 def _parse_dist(key: str, spec: Any, source: Path) -> Dist:
@@ -185,7 +173,7 @@ def _parse_dist(key: str, spec: Any, source: Path) -> Dist:
         raise ConfigError(f"{source}: space '{key}' loguniform needs low > 0, got {low}")
     if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
         raise ConfigError(f"{source}: space '{key}' int needs integer bounds, got {low}, {high}")
-    if fields[key] is int and kind != "int":
+    if plain_type(fields[key]) is int and kind != "int":
         raise ConfigError(f"{source}: space '{key}' is an int field: use type int")
     return Dist(key, kind, low=low, high=high)
 
@@ -204,17 +192,9 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
         set_dotted(base_dict, key, value)
     search = _settings(SearchSettings, data.get("search"), "search", source)
     scheduler = _settings(SchedulerSettings, data.get("scheduler"), "scheduler", source)
-    if search.sampler not in ("tpe", "random"):
-        raise ConfigError(f"{source}: 'search.sampler' must be tpe or random, got {search.sampler!r}")
-    if scheduler.type not in ("asha", "none"):
-        raise ConfigError(f"{source}: 'scheduler.type' must be asha or none, got {scheduler.type!r}")
-    for key in ("num_samples", "max_concurrent"):
-        if getattr(search, key) < 1:
-            raise ConfigError(f"{source}: 'search.{key}' must be >= 1")
-    if not 1 <= scheduler.grace_period <= scheduler.max_t or scheduler.reduction_factor < 2:
-        raise ConfigError(f"{source}: 'scheduler' needs 1 <= grace_period <= max_t and reduction_factor >= 2")
-    if search.startup_trials < 0:
-        raise ConfigError(f"{source}: 'search.startup_trials' must be >= 0")
+    if scheduler.grace_period > scheduler.max_t:
+        raise ConfigError(f"{source}: 'scheduler' needs grace_period <= max_t, got "
+                          f"{scheduler.grace_period} > {scheduler.max_t}")
     set_dotted(base_dict, "optim.epochs", scheduler.max_t)
     base = build_config(base_dict, source=str(source))
     if scheduler.type == "asha":
@@ -254,9 +234,8 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
             if not by_key[key].contains(value):
                 raise ConfigError(f"{source}: 'points_to_evaluate[{i}].{key}' = {value!r} is outside "
                                   f"the space ({by_key[key].type} {by_key[key].corners()})")
-    metric, mode = data.get("metric", "probe_top1"), data.get("mode", "max")
-    if mode not in ("max", "min"):
-        raise ConfigError(f"{source}: 'mode' must be max or min, got {mode!r}")
+    metric = coerce(data.get("metric", Study.metric), str, "metric", str(source))
+    mode = coerce(data.get("mode", Study.mode), Mode, "mode", str(source))
     return Study(path=source, name=str(data.get("name") or source.stem), base=base,
                  base_dict=base_dict, space=space, points=[dict(p) for p in points], metric=metric,
                  mode=mode, search=search, scheduler=scheduler,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Sequence
+from typing import Sequence, get_args
 
 import torch
 import torch.nn.functional as F
@@ -19,14 +19,14 @@ from torch import Tensor
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from .config import CropConfig
+from .config import CropConfig, Photometric
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RATIO = (3 / 4, 4 / 3)
 JITTER = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue (DINO / EsViT)
 BLUR_SIGMA = (0.1, 2.0)  # DINO GaussianBlur radius range
-PHOTOMETRIC_MODES = ("loader", "step", "none")
+PHOTOMETRIC_MODES = get_args(Photometric)
 _GRAY = (0.2989, 0.587, 0.114)  # torchvision rgb_to_grayscale weights
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,3 +26,19 @@ def demo_shards(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo") / "shards"
     ensure_demo_shards(out, train_per_class=24, val_per_class=8)
     return out
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Fails the test if the command gets as far as starting or joining Ray."""
+    import ray
+
+    import harness.ray_session
+
+    def connect(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("the command got as far as starting Ray")
+
+    was_up = ray.is_initialized()
+    monkeypatch.setattr(harness.ray_session, "connect", connect)
+    yield
+    assert ray.is_initialized() == was_up

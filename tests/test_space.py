@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.config import ConfigError
+from harness.config import ConfigError, parse_overrides
 from harness.space import load_study
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +52,14 @@ def test_shipped_spaces_are_valid(space):
     ({"space": {"loss.mil_weight": {"type": "normal", "low": 0, "high": 1}}}, "needs 'type' in"),
     ({"serach": {"num_samples": 2}}, "unknown key 'serach'"),
     ({"search": {"num_samples": "many"}}, "'search.num_samples' must be int"),
+    ({"search": {"num_samples": 0}}, "'search.num_samples' must be >= 1, got 0"),
+    ({"search": {"sampler": "grid"}}, "'search.sampler' must be one of ['tpe', 'random'], got 'grid'"),
+    ({"scheduler": {"type": "hyperband"}}, "'scheduler.type' must be one of ['asha', 'none']"),
+    ({"scheduler": {"reduction_factor": 1}}, "'scheduler.reduction_factor' must be >= 2, got 1"),
+    ({"mode": "up"}, "'mode' must be one of ['max', 'min'], got 'up'"),
+    ({"space": {"loss.mil_pooling": {"type": "choice", "values": ["sum", "attention"]}},
+      "base": {"loss": {"legacy_kl_target": True}}},
+     "space 'loss.mil_pooling' can sample 'attention', which is invalid"),
     ({"scheduler": {"type": "asha", "max_t": 2, "grace_period": 3, "reduction_factor": 2}},
      "grace_period <= max_t"),
 ])
@@ -78,3 +86,16 @@ def test_default_point_is_the_base_config(tmp_path):
         "loss.mil_weight": base.loss.mil_weight, "loss.teacher_temp": base.loss.teacher_temp,
         "data.crops.local_crops": base.data.crops.local_crops,
     }]
+
+
+def test_numbers_in_a_study_file_and_its_overrides(tmp_path):
+    """`1e-4` in a study file and `1e-7` on the command line are numbers (YAML 1.2), not strings."""
+    path = tmp_path / "space.yaml"
+    path.write_text(f"base: {ROOT / 'tune_spaces/demo.yaml'}\n"
+                    "space:\n  optim.lr: {type: loguniform, low: 1e-4, high: 1e-2}\n"
+                    "points_to_evaluate: [{optim.lr: 5e-3}]\n"
+                    "scheduler: {max_t: 9, grace_period: 3, reduction_factor: 3}\n")  # the demo's probe_every 3
+    study = load_study(path, parse_overrides(["optim.min_lr=1e-7"]))
+    assert (study.space[0].low, study.space[0].high) == (1e-4, 1e-2)
+    assert study.points == [{"optim.lr": 5e-3}]
+    assert study.base.optim.min_lr == 1e-7
