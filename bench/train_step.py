@@ -14,7 +14,8 @@
           checkpoint's history; its `data_wait` / `step_time` split says what bounds it.
 (bare)    `CMDEngine.train_step` in this process, same config, batch, crops and torch threads, on
           views made once before timing (one real loader batch through `to_model_input`): no
-          loader, no Ray, no process group, as many steps as a harness run times.
+          loader, no Ray, no process group, as many steps as a harness run times; in a plain
+          child process of its own, as the Ray Train worker has its own.
 (rounds)  bare, harness, bare, harness, ..., bare: each harness round is a whole Ray Train run and
           its ratio is against the mean of the bare rounds either side (the machine is shared: a
           load swing hits both sides of one ratio). The median ratio is the result; min and max
@@ -28,12 +29,14 @@ MFU against --peak-tflops. Results are recorded in bench/README.md ("## train_st
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +46,7 @@ if str(ROOT) not in sys.path:  # run as a script: make the repo root importable
 import torch  # noqa: E402
 
 from cmd_model.engine import CMDEngine  # noqa: E402
-from harness.config import TrainConfig, load_config  # noqa: E402
+from harness.config import TrainConfig, build_config, load_config, to_dict  # noqa: E402
 from shards.augment import to_model_input  # noqa: E402
 from shards.pipeline import train_loader  # noqa: E402
 
@@ -152,30 +155,45 @@ def harness_run(cfg: TrainConfig, name: str) -> dict[str, float]:
             "first_epoch_images_per_s": state["history"][0]["images_per_s"]}
 
 
+_BARE: dict = {}  # the bare loop's engine and views, in its own process
+
+
+def _bare_setup(cfg_dict: dict, device: str, threads: int) -> None:
+    torch.set_num_threads(threads)
+    cfg = build_config(cfg_dict, source="bench")
+    _BARE.update(engine=new_engine(cfg, torch.device(device)), views=premade_views(cfg, torch.device(device)))
+
+
+def _bare_round(steps: int, start_it: int) -> float:
+    return bare_loop(_BARE["engine"], _BARE["views"], steps, start_it)
+
+
 def measure(cfg: TrainConfig, device: torch.device, steps: int, rounds: int, name: str, peak: float | None) -> dict:
     """Bare and harness rounds interleaved: bare, harness, bare, ... harness, bare.
 
     Each harness round is a whole Ray Train run; its ratio is against the mean of the bare rounds
-    either side of it, so a load change on the shared machine hits both sides of one ratio.
+    either side of it, so a load change on the shared machine hits both sides of one ratio. The
+    bare loop runs in a plain child process (no Ray), as the Ray Train worker runs in its own: this
+    process is the Ray driver, whose threads slowed a bare loop run here (harness/bare up to 1.4).
     """
     threads = cfg.run.torch_threads or max(1, int(cfg.scaling.cpus_per_worker))
     torch.set_num_threads(threads)  # as the Ray Train worker does
-    views = premade_views(cfg, device)
-    flops = step_flops(cfg, views, device)
-    engine = new_engine(cfg, device)
+    flops = step_flops(cfg, premade_views(cfg, device), device)
     timed = steps * (cfg.optim.epochs - 1)  # as many steps as a harness round times
-    bare_runs = [bare_loop(engine, views, timed, 0)]
-    print(f"  bare    round 0: {bare_runs[0]:8.1f} images/s", flush=True)
-    harness_runs, ratios = [], []
-    for r in range(1, rounds + 1):
-        h = harness_run(cfg, f"{name}-round{r}")
-        torch.set_num_threads(threads)
-        bare_runs.append(bare_loop(engine, views, timed, r * (timed + 1)))
-        harness_runs.append(h)
-        ratios.append(h["images_per_s"] / statistics.fmean(bare_runs[-2:]))
-        print(f"  harness round {r}: {h['images_per_s']:8.1f} images/s (data wait {h['data_wait'] * 1e3:.0f} ms, "
-              f"step {h['step_time'] * 1e3:.0f} ms); bare round {r}: {bare_runs[-1]:8.1f} images/s; "
-              f"ratio {ratios[-1]:.3f}", flush=True)
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=spawn, initializer=_bare_setup,
+                             initargs=(to_dict(cfg), device.type, threads)) as pool:
+        bare_runs = [pool.submit(_bare_round, timed, 0).result()]
+        print(f"  bare    round 0: {bare_runs[0]:8.1f} images/s", flush=True)
+        harness_runs, ratios = [], []
+        for r in range(1, rounds + 1):
+            h = harness_run(cfg, f"{name}-round{r}")
+            bare_runs.append(pool.submit(_bare_round, timed, r * (timed + 1)).result())
+            harness_runs.append(h)
+            ratios.append(h["images_per_s"] / statistics.fmean(bare_runs[-2:]))
+            print(f"  harness round {r}: {h['images_per_s']:8.1f} images/s (data wait {h['data_wait'] * 1e3:.0f} ms, "
+                  f"step {h['step_time'] * 1e3:.0f} ms); bare round {r}: {bare_runs[-1]:8.1f} images/s; "
+                  f"ratio {ratios[-1]:.3f}", flush=True)
     mean = lambda key: statistics.fmean(h[key] for h in harness_runs)  # noqa: E731
     bare = statistics.fmean(bare_runs)
     batch = cfg.data.batch_size
