@@ -32,6 +32,7 @@ test-fast: $(STAMP)  ## unit tests only, no Ray trials
 bench: $(STAMP)  ## the benchmarks in bench/ (ratios against in-run baselines)
 	$(BIN)/python bench/loader.py --quick
 	$(BIN)/python bench/train_step.py --quick
+	$(BIN)/python bench/goodput.py --quick
 
 clean:  ## remove generated data and runs (not the venv)
 	rm -rf data runs

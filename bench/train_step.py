@@ -1,7 +1,7 @@
 """Train-step throughput: the full harness step on Ray Train vs a bare loop of the same model, same run.
 
-    python bench/train_step.py --quick       # 1-3 minutes on 2 CPU cores (demo workload)
-    python bench/train_step.py               # 1-5 minutes (depends on the demo recipe)
+    python bench/train_step.py --quick       # 2 harness rounds, about 3 minutes on 2 idle CPU cores (demo workload)
+    python bench/train_step.py               # 3 harness rounds of 2 timed epochs x 20 steps
     python bench/train_step.py --gpu         # CUDA: ViT-S/16 and Swin-T, paper crops, bf16, MFU
 
 (harness) the real Ray Train path: a private `ray start --head` (free ports, dashboard on; stopped
@@ -14,8 +14,12 @@
           checkpoint's history; its `data_wait` / `step_time` split says what bounds it.
 (bare)    `CMDEngine.train_step` in this process, same config, batch, crops and torch threads, on
           views made once before timing (one real loader batch through `to_model_input`): no
-          loader, no Ray, no process group. Measured before and after (harness); their mean is
-          the baseline (the machine is shared: load swings hit both).
+          loader, no Ray, no process group, as many steps as a harness run times; in a plain
+          child process of its own, as the Ray Train worker has its own.
+(rounds)  bare, harness, bare, harness, ..., bare: each harness round is a whole Ray Train run and
+          its ratio is against the mean of the bare rounds either side (the machine is shared: a
+          load swing hits both sides of one ratio). The median ratio is the result; min and max
+          show how far one round can be trusted.
 
 Prints both images/s and harness/bare (goal >= 0.9), plus the step's FLOPs (one whole train step
 counted with torch.utils.flop_counter.FlopCounterMode: teacher forward on the 2 global crops,
@@ -25,12 +29,14 @@ MFU against --peak-tflops. Results are recorded in bench/README.md ("## train_st
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,7 +46,7 @@ if str(ROOT) not in sys.path:  # run as a script: make the repo root importable
 import torch  # noqa: E402
 
 from cmd_model.engine import CMDEngine  # noqa: E402
-from harness.config import TrainConfig, load_config  # noqa: E402
+from harness.config import TrainConfig, build_config, load_config, to_dict  # noqa: E402
 from shards.augment import to_model_input  # noqa: E402
 from shards.pipeline import train_loader  # noqa: E402
 
@@ -149,27 +155,58 @@ def harness_run(cfg: TrainConfig, name: str) -> dict[str, float]:
             "first_epoch_images_per_s": state["history"][0]["images_per_s"]}
 
 
-def measure(cfg: TrainConfig, device: torch.device, steps: int, name: str, peak: float | None) -> dict:
+_BARE: dict = {}  # the bare loop's engine and views, in its own process
+
+
+def _bare_setup(cfg_dict: dict, device: str, threads: int) -> None:
+    torch.set_num_threads(threads)
+    cfg = build_config(cfg_dict, source="bench")
+    _BARE.update(engine=new_engine(cfg, torch.device(device)), views=premade_views(cfg, torch.device(device)))
+
+
+def _bare_round(steps: int, start_it: int) -> float:
+    return bare_loop(_BARE["engine"], _BARE["views"], steps, start_it)
+
+
+def measure(cfg: TrainConfig, device: torch.device, steps: int, rounds: int, name: str, peak: float | None) -> dict:
+    """Bare and harness rounds interleaved: bare, harness, bare, ... harness, bare.
+
+    Each harness round is a whole Ray Train run; its ratio is against the mean of the bare rounds
+    either side of it, so a load change on the shared machine hits both sides of one ratio. The
+    bare loop runs in a plain child process (no Ray), as the Ray Train worker runs in its own: this
+    process is the Ray driver, whose threads slowed a bare loop run here (harness/bare up to 1.4).
+    """
     threads = cfg.run.torch_threads or max(1, int(cfg.scaling.cpus_per_worker))
     torch.set_num_threads(threads)  # as the Ray Train worker does
-    views = premade_views(cfg, device)
-    flops = step_flops(cfg, views, device)
-    engine = new_engine(cfg, device)
-    before = bare_loop(engine, views, steps, 0)
-    print(f"  bare (before):  {before:8.1f} images/s", flush=True)
-    h = harness_run(cfg, name)
-    torch.set_num_threads(threads)
-    after = bare_loop(engine, views, steps, steps + 1)
-    print(f"  bare (after):   {after:8.1f} images/s", flush=True)
-    bare = (before + after) / 2
+    flops = step_flops(cfg, premade_views(cfg, device), device)
+    timed = steps * (cfg.optim.epochs - 1)  # as many steps as a harness round times
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=spawn, initializer=_bare_setup,
+                             initargs=(to_dict(cfg), device.type, threads)) as pool:
+        bare_runs = [pool.submit(_bare_round, timed, 0).result()]
+        print(f"  bare    round 0: {bare_runs[0]:8.1f} images/s", flush=True)
+        harness_runs, ratios = [], []
+        for r in range(1, rounds + 1):
+            h = harness_run(cfg, f"{name}-round{r}")
+            bare_runs.append(pool.submit(_bare_round, timed, r * (timed + 1)).result())
+            harness_runs.append(h)
+            ratios.append(h["images_per_s"] / statistics.fmean(bare_runs[-2:]))
+            print(f"  harness round {r}: {h['images_per_s']:8.1f} images/s (data wait {h['data_wait'] * 1e3:.0f} ms, "
+                  f"step {h['step_time'] * 1e3:.0f} ms); bare round {r}: {bare_runs[-1]:8.1f} images/s; "
+                  f"ratio {ratios[-1]:.3f}", flush=True)
+    mean = lambda key: statistics.fmean(h[key] for h in harness_runs)  # noqa: E731
+    bare = statistics.fmean(bare_runs)
     batch = cfg.data.batch_size
-    out = {"bare": bare, "bare_runs": (before, after), "harness": h["images_per_s"],
-           "ratio": h["images_per_s"] / bare, "compute_only": batch / h["step_time"],
-           "wait_share": h["data_wait"] / (h["data_wait"] + h["step_time"]), "flops_per_step": flops,
-           "threads": threads, **h}
+    out = {"bare": bare, "bare_runs": bare_runs, "harness": mean("images_per_s"), "ratios": ratios,
+           "ratio": statistics.median(ratios), "step_time": mean("step_time"), "data_wait": mean("data_wait"),
+           "epochs_used": harness_runs[0]["epochs_used"], "fit_wall_s": mean("fit_wall_s"),
+           "first_epoch_images_per_s": mean("first_epoch_images_per_s"), "flops_per_step": flops,
+           "threads": threads, "timed_steps": timed}
+    out["compute_only"] = batch / out["step_time"]
+    out["wait_share"] = out["data_wait"] / (out["data_wait"] + out["step_time"])
     out["flops_per_image"] = flops / batch
     out["bare_flops_s"] = bare * flops / batch
-    out["harness_flops_s"] = h["images_per_s"] * flops / batch
+    out["harness_flops_s"] = out["harness"] * flops / batch
     if peak:
         out["bare_mfu"] = out["bare_flops_s"] / peak
         out["harness_mfu"] = out["harness_flops_s"] / peak
@@ -182,16 +219,25 @@ def report(label: str, cfg: TrainConfig, r: dict, peak: float | None) -> None:
           f"{c.local_crops}x{c.local_size}, batch {cfg.data.batch_size}, {r['threads']} torch thread(s), "
           f"loader workers {cfg.data.num_workers}, amp {cfg.scaling.amp}")
     print(f"  step FLOPs {r['flops_per_step'] / 1e9:.2f} G ({r['flops_per_image'] / 1e9:.3f} GFLOP/image)")
-    print(f"  bare     {r['bare']:8.1f} images/s  (runs {r['bare_runs'][0]:.1f}, {r['bare_runs'][1]:.1f}); "
-          f"{r['bare_flops_s'] / 1e9:.1f} GFLOP/s" + (f", MFU {r['bare_mfu']:.1%}" if peak else ""))
-    print(f"  harness  {r['harness']:8.1f} images/s  (epochs 2..{int(r['epochs_used']) + 1} of the Ray Train "
-          f"worker; epoch 1 {r['first_epoch_images_per_s']:.1f}); {r['harness_flops_s'] / 1e9:.1f} GFLOP/s"
-          + (f", MFU {r['harness_mfu']:.1%}" if peak else ""))
-    print(f"  harness per step: data wait {r['data_wait'] * 1e3:.0f} ms ({r['wait_share']:.0%}), "
+    print(f"  bare     {r['bare']:8.1f} images/s  (rounds " + ", ".join(f"{b:.1f}" for b in r["bare_runs"])
+          + f"; {r['timed_steps']} steps each); {r['bare_flops_s'] / 1e9:.1f} GFLOP/s"
+          + (f", MFU {r['bare_mfu']:.1%}" if peak else ""))
+    print(f"  harness  {r['harness']:8.1f} images/s  (mean of {len(r['ratios'])} rounds, epochs "
+          f"2..{int(r['epochs_used']) + 1} of each Ray Train run; epoch 1 {r['first_epoch_images_per_s']:.1f}); "
+          f"{r['harness_flops_s'] / 1e9:.1f} GFLOP/s" + (f", MFU {r['harness_mfu']:.1%}" if peak else ""))
+    wait_ms = r["data_wait"] * 1e3
+    print(f"  harness per step: data wait {wait_ms:.0f} ms ({r['wait_share']:.0%}), "
           f"to_model_input + train_step {r['step_time'] * 1e3:.0f} ms "
           f"(= {r['compute_only']:.1f} images/s, {r['compute_only'] / r['bare']:.2f} x bare); "
           f"fit() wall incl. Ray start-up {r['fit_wall_s']:.0f} s")
-    print(f"  ratio harness/bare = {r['ratio']:.2f}   (goal >= 0.9)", flush=True)
+    if cfg.data.num_workers == 0:
+        print(f"  the data wait is loader work (decode, crops{', photometric' if c.photometric == 'loader' else ''}) "
+              f"on the step's own core: it costs {r['wait_share']:.0%} of the throughput; overlapping it needs a "
+              f"core the step does not use (data.num_workers >= 1 and one more CPU per worker), which a study "
+              f"that already fills every core with trials does not have")
+    ratios = sorted(r["ratios"])
+    print(f"  ratio harness/bare = {r['ratio']:.2f} median of {len(ratios)} rounds "
+          f"(min {ratios[0]:.2f}, max {ratios[-1]:.2f})   (goal >= 0.9)", flush=True)
 
 
 # ------------------------------------------------------------------------------------- main
@@ -199,8 +245,9 @@ def report(label: str, cfg: TrainConfig, r: dict, peak: float | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer steps and epochs (CPU: 1-3 minutes)")
-    p.add_argument("--steps", type=int, help="timed steps per epoch and per bare run "
-                                             "(default 10, --quick 4; --gpu 30, --quick 10)")
+    p.add_argument("--steps", type=int, help="timed steps per harness epoch "
+                                             "(default 20, --quick 10; --gpu 30, --quick 10)")
+    p.add_argument("--rounds", type=int, help="harness rounds, each between two bare rounds (default 3, --quick 2)")
     p.add_argument("--epochs", type=int, help="harness epochs, the first one untimed (default 3, --quick 2)")
     p.add_argument("--batch", type=int, help="images per step (default: the config's, 32 on CPU; --gpu 64)")
     p.add_argument("--threads", type=int, help="CPUs (= torch threads) of the Ray Train worker and the "
@@ -218,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.gpu and not torch.cuda.is_available():
         p.error("--gpu needs CUDA; none is available here")
-    args.steps = args.steps or ((10 if args.quick else 30) if args.gpu else (4 if args.quick else 10))
+    args.steps = args.steps or ((10 if args.quick else 30) if args.gpu else (10 if args.quick else 20))
+    args.rounds = args.rounds or (2 if args.quick else 3)
     args.epochs = args.epochs or (2 if args.quick else 3)
     if args.epochs < 2:
         p.error("--epochs must be >= 2 (epoch 1 is warm-up)")
@@ -231,8 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     peak = args.peak_tflops * 1e12 if args.gpu else None
 
     where = torch.cuda.get_device_name(0) if args.gpu else f"{os.cpu_count()} CPU cores"
-    print(f"train_step bench: {platform.machine()}, {where}, torch {torch.__version__}; "
-          f"{args.steps} steps x epochs 2..{args.epochs} (harness), {args.steps} steps x 2 (bare)", flush=True)
+    load = os.getloadavg()
+    print(f"train_step bench: {platform.machine()}, {where}, torch {torch.__version__}, "
+          f"{time.strftime('%Y-%m-%d %H:%M %Z')}, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}; "
+          f"{args.rounds} harness rounds of {args.steps} steps x epochs 2..{args.epochs}, interleaved with "
+          f"{args.rounds + 1} bare rounds of as many steps", flush=True)
     from tests.ray_head import attached, start_head  # a private head on free ports, stopped by its own processes
 
     with tempfile.TemporaryDirectory(prefix="step-bench-") as tmp:
@@ -263,12 +314,15 @@ def main(argv: list[str] | None = None) -> int:
         with attached(head):
             for i, (label, cfg) in enumerate(cfgs):
                 print(f"\n[{label}] measuring ...", flush=True)
-                r = measure(cfg, device, args.steps, f"bench-{i}", peak)
+                r = measure(cfg, device, args.steps, args.rounds, f"bench-{i}", peak)
                 results.append((label, cfg, r))
                 report(label, cfg, r, peak)
-    print("\nsummary: " + "; ".join(f"{label} harness {r['harness']:.1f} / bare {r['bare']:.1f} images/s = "
-                                   f"{r['ratio']:.2f}" + (f" (MFU {r['harness_mfu']:.1%} / {r['bare_mfu']:.1%})"
-                                                          if peak else "")
+    load = os.getloadavg()
+    print(f"\nload average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}")
+    print("summary: " + "; ".join(f"{label} harness {r['harness']:.1f} / bare {r['bare']:.1f} images/s, "
+                                   f"ratio median {r['ratio']:.2f} (min {min(r['ratios']):.2f}, "
+                                   f"max {max(r['ratios']):.2f})"
+                                   + (f" (MFU {r['harness_mfu']:.1%} / {r['bare_mfu']:.1%})" if peak else "")
                                    for label, _, r in results))
     return 0
 

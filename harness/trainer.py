@@ -8,7 +8,6 @@ import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from harness.config import TrainConfig, to_dict
-from harness.worker import train_loop_per_worker
 
 
 def storage_uri(storage: str) -> str:
@@ -24,6 +23,14 @@ def worker_resources(cfg: TrainConfig) -> dict[str, float]:
     return resources
 
 
+def train_loop(config: dict[str, Any]) -> None:
+    """The Train workers' entry point. The model code (timm, torchvision, cmd_model) is imported
+    here, on the worker: a trial's driver, which only builds the trainer, never pays for it."""
+    from harness.worker import train_loop_per_worker
+
+    train_loop_per_worker(config)
+
+
 def build_trainer(cfg: TrainConfig, name: str, callbacks: list[Any] | None = None,
                   verbose: bool = False) -> TorchTrainer:
     """One run = one TorchTrainer; rerun with the same storage and `name` resumes it.
@@ -31,7 +38,7 @@ def build_trainer(cfg: TrainConfig, name: str, callbacks: list[Any] | None = Non
     Ray Train's own INFO logs (placement, per-report lines) only with `verbose`.
     """
     return TorchTrainer(
-        train_loop_per_worker,
+        train_loop,
         train_loop_config=to_dict(cfg),
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(

@@ -5,7 +5,9 @@ barrier, and only rank 0's metrics reach Tune (Ray 2.60), so rank 0 also runs th
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 import tempfile
 import time
 from collections import defaultdict
@@ -93,6 +95,30 @@ class EpochLog:
         self.writer.flush()
 
 
+class TimeMarks:
+    """Wall-clock marks of rank 0's start-up and epochs in `timing-<pid>.json` of the run folder.
+
+    Read by bench/goodput.py to say where a trial's time goes; local storage only, never read back
+    by training, one small file write per epoch.
+    """
+
+    def __init__(self, storage: str, run_name: str, rank: int) -> None:
+        import psutil
+
+        local = rank == 0 and "://" not in storage
+        self.path = Path(storage) / run_name / f"timing-{os.getpid()}.json" if local else None
+        self.marks: dict[str, float] = {"process_start": psutil.Process().create_time(), "loop_start": time.time()}
+        self.epochs: list[dict[str, float]] = []
+
+    def mark(self, key: str) -> None:
+        self.marks.setdefault(key, time.time())
+
+    def write(self) -> None:
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps({"marks": self.marks, "epochs": self.epochs}))
+
+
 def _restore(engine: CMDEngine, config: dict[str, Any]) -> dict[str, Any] | None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
@@ -128,6 +154,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg: TrainConfig = build_config(config, source="train_loop_config")
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
+    marks = TimeMarks(cfg.run.storage, context.get_experiment_name(), rank)
     device = ray.train.torch.get_device()
     threads = cfg.run.torch_threads or max(1, int(cfg.scaling.cpus_per_worker))
     torch.set_num_threads(threads)
@@ -140,6 +167,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                        wrap_student=ray.train.torch.prepare_model,
                        amp_dtype=amp_dtype(cfg.scaling.amp, device))
     views_rng = torch.Generator(device="cpu")
+    marks.mark("engine_ready")
 
     start_epoch, start_step, best, history = 0, 0, 0.0, []
     saved = _restore(engine, config)
@@ -158,7 +186,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     log = EpochLog(cfg.run.storage, context.get_experiment_name(), rank)
     for epoch in range(start_epoch, cfg.optim.epochs):
         epoch_rng = rng_state()
+        t_epoch = time.time()
         loader = iter(train_loader(cfg.data, rank, world, epoch))
+        t_loader = time.time()
         first = start_step if epoch == start_epoch else 0
         for _ in range(first):  # mid-epoch resume: replay the loader to its position
             next(loader)
@@ -169,6 +199,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             t0 = time.perf_counter()
             batch = next(loader)
             t1 = time.perf_counter()
+            marks.mark("first_step_start")
             views_rng.manual_seed(hash((cfg.run.seed, epoch, step, rank)) % 2**63)  # resumable
             views = to_model_input(batch["globals"] + batch["locals"], cfg.data.crops, device, views_rng)
             it = epoch * steps + step
@@ -189,12 +220,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 print(f"[train] epoch {epoch + 1} step {step + 1}/{steps} loss {metrics['loss']:.4f}", flush=True)
 
         epoch_metrics = meter.summary()
+        t_steps_end = time.time()
         done = epoch + 1
         # Only a measured epoch carries probe values; others report NaN, never an older value
         # (harness/objective.py). `probed_epoch` ranks checkpoints, so the last measured one is kept.
         probed = is_probed(done, cfg.eval.probe_every, cfg.optim.epochs)
         evaluation = (evaluate_backbone(engine.teacher_backbone, cfg.data, cfg.eval, device, seed=cfg.run.seed)
                       if probed and rank == 0 else {})
+        probe_s = evaluation.get("probe_seconds", 0.0)
         best = max(best, evaluation.get("probe_top1", 0.0))
         epoch_metrics.update(evaluation)
         epoch_metrics.update(epoch=done, best_probe_top1=best, probed_epoch=done if probed else -1)
@@ -204,7 +237,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         log.write(done, epoch_metrics)
         if rank == 0:
             print("[train] " + _progress_line(done, cfg.optim.epochs, epoch_metrics), flush=True)
+        t_report = time.time()
         _report(epoch_metrics, state, rank)
+        marks.epochs.append({"epoch": done, "start": t_epoch, "loader_ready": t_loader, "steps_end": t_steps_end,
+                             "step_s": meter.step_time, "wait_s": meter.data_wait, "probe_s": probe_s,
+                             "report_start": t_report, "report_end": time.time()})
+        marks.write()
         if done == cfg.run.stop_after_epoch and done < cfg.optim.epochs:
             if rank == 0:
                 print(f"[train] stopping after epoch {done} as asked (run.stop_after_epoch); "

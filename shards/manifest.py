@@ -145,18 +145,22 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-_VERIFIED: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256, per process
+# Shards whose sha256 matched, per process (one per Train worker: once per trial, not per epoch).
+# Local: (path, size, mtime_ns) -> sha256, so a rewritten file is hashed again. Remote:
+# (url, manifest sha256) -> sha256; a bucket object is not re-downloaded to hash it every epoch.
+_VERIFIED: dict[tuple[str, int | str, int], str] = {}
 
 
 def check_shard(manifest: Manifest, record: ShardRecord, checksum: bool = True) -> None:
     """Raise ShardIntegrityError naming the shard if it is missing, the wrong size or the wrong sha256.
 
-    Remote shards are only checked when `checksum` is set (it downloads them).
+    Remote shards are only checked when `checksum` is set (it downloads them), once per process.
     Local results are cached per process by (path, size, mtime) so each epoch does not re-hash.
     """
     url = manifest.shard_url(record)
     if is_remote(url):
-        if checksum:
+        key = (url, record.sha256, record.bytes)
+        if checksum and key not in _VERIFIED:
             try:
                 digest = sha256_file(url)
             except Exception as e:
@@ -164,6 +168,7 @@ def check_shard(manifest: Manifest, record: ShardRecord, checksum: bool = True) 
             if digest != record.sha256:
                 raise ShardIntegrityError(f"shard {record.name} at {url}: sha256 {digest[:12]}... "
                                           f"!= manifest {record.sha256[:12]}... (corrupted or replaced)")
+            _VERIFIED[key] = digest
         return
     p = local_path(url)
     try:

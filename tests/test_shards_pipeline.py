@@ -170,3 +170,28 @@ def test_shards_by_url_and_pipe(tiny_shards):
         assert m.split_size("train") == 23
         assert _labels(train_loader(_cfg(loc, verify=False), 0, 1, 0)) == local
         assert sum(len(y) for _, y in eval_loader(_cfg(loc, verify=False), "val")) == 7
+
+
+def test_checksums_read_once_per_process_not_every_epoch(tmp_path, tiny_shards):
+    """A bucket shard is hashed on its first epoch only; a local shard rewritten since is hashed again."""
+    import shutil
+
+    d = tmp_path / "copy"
+    shutil.copytree(tiny_shards, d)
+    log = tmp_path / "opened.log"
+    remote = f"pipe:sh -c 'echo {{}} >> {log}; cat {d}/{{}}'"  # every open of a file is logged
+    for epoch in range(3):
+        train_loader(_cfg(remote), 0, 1, epoch)
+    opened = collections.Counter(line for line in log.read_text().split() if line.endswith(".tar"))
+    train = {r.name for r in load_manifest(d).shards("train")}
+    assert set(opened) == train and set(opened.values()) == {1}
+
+    train_loader(_cfg(d), 0, 1, 0)  # verified and cached
+    p = d / "train-000001.tar"
+    data = bytearray(p.read_bytes())
+    data[1000] ^= 0x55  # same size, new content (and mtime)
+    p.write_bytes(bytes(data))
+    with pytest.raises(ShardIntegrityError, match="train-000001.tar.*sha256"):
+        train_loader(_cfg(d), 0, 1, 1)
+    with pytest.raises(ShardIntegrityError, match="train-000001.tar.*sha256"):  # a new URL: hashed on first use
+        train_loader(_cfg(f"pipe:cat {d}/{{}}"), 0, 1, 0)
