@@ -1,12 +1,15 @@
 """Method settings: backbone, heads, CMD loss, optimiser schedules and evaluation.
 
 Defaults are sized for the CPU demo; every paper default is cited where it is set in
-tune_spaces/cub.yaml and listed with its source in cmd_model/README.md.
+tune_spaces/recipes/paper.yaml and listed with its source in cmd_model/README.md.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+MILForm = Literal["proper_kl", "official"]
+FeatureKind = Literal["cls", "avgpool", "last4", "last4cls"]
 
 
 @dataclass
@@ -27,8 +30,10 @@ class ModelConfig:
     # "Early Convolutions Help Transformers See Better"). Not in the paper (official: linear patches);
     # the demo turns it on because a tiny ViT learns too slowly from scratch in CPU minutes.
     conv_stem: bool = False
-    init_checkpoint: str | None = None  # local DINO / EsViT / timm state dict
-    init_checkpoint_key: str = "teacher"  # "teacher" | "student" | "" (top level)
+    # Where the run starts: an EsViT / CMD / DINO checkpoint in the official layout (student,
+    # teacher, both heads and the centers are restored), a harness checkpoint, or a plain backbone
+    # state dict. A local path or a bucket URI (s3://, gs://, file://): every worker reads it.
+    init_checkpoint: str | None = None
     # Heads: official code (EsViT DINOHead): 3-layer MLP, hidden 2048, bottleneck 256,
     # weight-normalised last layer, out_dim 65536, norm_last_layer False.
     out_dim: int = 1024
@@ -50,11 +55,16 @@ class LossConfig:
     mil_pooling: str = "sum"  # "sum" | "mean" (same distribution) | "attention" (gated MIL)
     mil_attention_dim: int = 64  # hidden size of the gated-attention MIL pooling
     teacher_mil_in_loss: bool = False  # official: L_T has no gradient; logged only
-    legacy_kl_target: bool = False  # reproduce torch<=1.10 kl_div on raw logits (see README)
-    # Official F.kl_div(image, bag) is KL(bag || image); "image||bag" is the other direction.
+    # L_S / L_T form. "official": main_esvit.py `F.kl_div(s_cls[v], sum_j s_region)` on raw
+    # logits / tau_s with torch <= 1.10 semantics (its gradient balance: ||dL_S|| / ||dL_I||
+    # measured in cmd_model/README.md); "proper_kl": a KL between distributions (the paper's words).
+    mil_form: MILForm = "proper_kl"
+    # mil_form "proper_kl" only. Official F.kl_div(image, bag) is KL(bag || image); "image||bag"
+    # is the other direction.
     mil_kl_direction: str = "bag||image"
-    # Official F.kl_div default reduction "mean" averages over B*K elements (the term is then
-    # ~1/K of a per-sample KL); "batchmean" (default here) is the KL per image. See README.
+    # mil_form "proper_kl" only. F.kl_div's default reduction "mean" averages over B*K elements
+    # (on distributions the term is then 1/K of the per-image KL); "batchmean" (default here) is
+    # the KL per image. See README.
     mil_kl_reduction: str = "batchmean"
     # Collapse flag: teacher entropy above this fraction of ln(out_dim) (uniform outputs), or
     # one prototype for the whole batch (dominant output). Not in the sources; README.
@@ -88,6 +98,8 @@ class EvalConfig:
 
     probe_every: int = 1  # epochs between probe evaluations (the last epoch always)
     probe_feature: str = "cls"  # "cls" | "avgpool" | "last4" (official: concat last 4 blocks)
+    # kNN and retrieval feature; official eval_knn.py / retrieval.py: the pooled final feature.
+    knn_feature: FeatureKind = "cls"
     probe_epochs: int = 100  # full-batch L-BFGS/Adam iterations for the fast probe
     probe_weight_decay: float = 1e-4
     knn_k: tuple[int, ...] = (10, 20, 100, 200)

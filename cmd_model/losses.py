@@ -9,19 +9,21 @@ main_dino.py DINOLoss), whatever image_weight says.
 from __future__ import annotations
 
 import math
+import typing
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from cmd_model.centers import dist_ready, ema_center
-from cmd_model.config import LossConfig
+from cmd_model.config import LossConfig, MILForm
 from cmd_model.loss_image import image_ce, student_log_probs, teacher_probs
 from cmd_model.loss_mil import legacy_kl_div, mil_kl
 from cmd_model.loss_region import match_regions, region_ce
 from cmd_model.mil import POOLINGS, bag_log_pool
 from cmd_model.network import METHODS, NetOutput
 
+MIL_FORMS: tuple[str, ...] = typing.get_args(MILForm)
 TERM_NAMES = ("loss_image", "loss_region", "loss_mil_student", "loss_mil_teacher")
 
 
@@ -48,8 +50,10 @@ class CMDLoss(nn.Module):
             raise ValueError(f"loss.mil_kl_direction={cfg.mil_kl_direction!r}; expected 'bag||image' or 'image||bag'")
         if cfg.mil_kl_reduction not in ("batchmean", "mean"):
             raise ValueError(f"loss.mil_kl_reduction={cfg.mil_kl_reduction!r}; expected 'batchmean' or 'mean'")
-        if cfg.legacy_kl_target and cfg.mil_pooling == "attention":
-            raise ValueError("loss.legacy_kl_target reproduces the official unweighted sum; "
+        if cfg.mil_form not in MIL_FORMS:
+            raise ValueError(f"loss.mil_form={cfg.mil_form!r}; expected one of {MIL_FORMS}")
+        if cfg.mil_form == "official" and cfg.mil_pooling == "attention":
+            raise ValueError("loss.mil_form='official' is the official unweighted sum over tokens; "
                              "it cannot be combined with loss.mil_pooling='attention'")
         self.cfg = cfg
         self.out_dim = out_dim
@@ -135,7 +139,7 @@ class CMDLoss(nn.Module):
         tau = cfg.student_temp
         img_logits = out.image_logits[v].float() / tau
         tok_logits = out.token_logits[v].float() / tau
-        if cfg.legacy_kl_target:
+        if cfg.mil_form == "official":
             # Verbatim official: F.kl_div(s_cls[v], torch.sum(s_region, 1)) on raw logits / tau_s.
             target = tok_logits.sum(1) if cfg.mil_pooling == "sum" else tok_logits.mean(1)
             return legacy_kl_div(img_logits, target)
@@ -147,7 +151,7 @@ class CMDLoss(nn.Module):
                      i: int, temp: float) -> torch.Tensor:
         """L_T for teacher view i on the centered, sharpened teacher distributions (no gradient)."""
         cfg = self.cfg
-        if cfg.legacy_kl_target:
+        if cfg.mil_form == "official":
             # Verbatim official: F.kl_div(t_cls[iq], torch.sum(t_region, 1)), probabilities as input.
             target = t_tok[i].sum(1) if cfg.mil_pooling == "sum" else t_tok[i].mean(1)
             return legacy_kl_div(t_img[i], target)

@@ -87,6 +87,10 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key, source)
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"{source}: '{key}' must be one of {list(args)}, got {value!r}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: '{key}' must be a mapping, got {value!r}")
