@@ -35,7 +35,7 @@ def score_features(features: Features, ev: EvalConfig, seed: int = 0) -> dict[st
     """probe_top1 (fast linear probe on `eval.probe_feature`); knn_top1 (k=20), rank1, rank5,
     map100 (standard) and map100_official on `eval.knn_feature` (official eval_knn.py and
     retrieval.py: the pooled final feature). The features used are named by two entries whose
-    value is the feature's width: `probe_feature_dim[KIND]` and `knn_feature_dim[KIND]`."""
+    value is the feature's width: `probe_feature_dim.KIND` and `knn_feature_dim.KIND`."""
     train, train_y, val, val_y = features
     pf, kf = ev.probe_feature, ev.knn_feature
     top1 = linear_probe(train[pf], train_y, val[pf], val_y, epochs=ev.probe_epochs,
@@ -47,8 +47,8 @@ def score_features(features: Features, ev: EvalConfig, seed: int = 0) -> dict[st
         "probe_top1": float(top1),
         "knn_top1": float(knn[k]),
         **{key: float(ret[key]) for key in ("rank1", "rank5", "map100", "map100_official")},
-        f"probe_feature_dim[{pf}]": float(train[pf].shape[1]),
-        f"knn_feature_dim[{kf}]": float(train[kf].shape[1]),
+        f"probe_feature_dim.{pf}": float(train[pf].shape[1]),
+        f"knn_feature_dim.{kf}": float(train[kf].shape[1]),
     }
 
 

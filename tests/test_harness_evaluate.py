@@ -42,7 +42,7 @@ def test_folder_or_file_reproduces_the_runs_numbers_on_the_named_features(tmp_pa
     for key in ("probe_top1", "knn_top1", "rank1", "rank5", "map100", "map100_official"):
         assert printed[key] == study[key], key  # the study's number, same split, settings and seed
     # the probe on the run's eval.probe_feature, kNN / retrieval on the pooled final feature
-    assert printed["probe_feature_dim[last4]"] == 2 * 48 and printed["knn_feature_dim[cls]"] == 48  # depth 2: both blocks
+    assert printed["probe_feature_dim.last4"] == 2 * 48 and printed["knn_feature_dim.cls"] == 48  # depth 2: both blocks
     assert 0.0 <= printed["paper_probe_top1"] <= printed["paper_probe_best_top1"] <= 1.0
     assert {f"knn_top1[k={k}]" for k in cfg.eval.knn_k} <= set(printed)
     train = extract_features(engine.teacher_backbone, eval_loader(cfg.data, cfg.data.train_split), "cls")
@@ -52,7 +52,7 @@ def test_folder_or_file_reproduces_the_runs_numbers_on_the_named_features(tmp_pa
     assert main(["--checkpoint", str(tmp_path / "checkpoint_000001" / "state.pt"), "--device", "cpu",
                  "eval.knn_feature=avgpool"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert printed["probe_top1"] == study["probe_top1"] and "knn_feature_dim[avgpool]" in printed
+    assert printed["probe_top1"] == study["probe_top1"] and "knn_feature_dim.avgpool" in printed
 
 
 def test_bad_checkpoint_and_overrides_are_one_line(tmp_path, demo_shards, capsys):
