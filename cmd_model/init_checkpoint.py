@@ -20,6 +20,7 @@ Three layouts are read:
 from __future__ import annotations
 
 import argparse
+import datetime
 import importlib
 import io
 from typing import Any
@@ -31,12 +32,24 @@ from torch import nn
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.", "backbone.")
 _WEIGHT_NORM = {"last_layer.weight_g": "last_layer.parametrizations.weight.original0",
                 "last_layer.weight_v": "last_layer.parametrizations.weight.original1"}
+_GCS_RETRY_S = 20
 # Buffers the official Swin saves and timm rebuilds (not persistent in timm).
 _REBUILT_BUFFERS = ("relative_position_index", "attn_mask")
 
 
 def is_uri(location: str) -> bool:
     return "://" in location
+
+
+def _filesystem(location: str) -> tuple[Any, str]:
+    """(pyarrow filesystem, path) for a URI. GCS gets a retry limit: without one, a machine that
+    cannot reach Google retries for minutes before saying so."""
+    import pyarrow.fs
+
+    if location.startswith("gs://"):
+        fs = pyarrow.fs.GcsFileSystem(retry_time_limit=datetime.timedelta(seconds=_GCS_RETRY_S))
+        return fs, location[len("gs://"):]
+    return pyarrow.fs.FileSystem.from_uri(location)
 
 
 def checkpoint_exists(location: str) -> bool:
@@ -47,7 +60,7 @@ def checkpoint_exists(location: str) -> bool:
         return Path(location).expanduser().is_file()
     import pyarrow.fs
 
-    fs, path = pyarrow.fs.FileSystem.from_uri(location)
+    fs, path = _filesystem(location)
     return fs.get_file_info(path).type == pyarrow.fs.FileType.File
 
 
@@ -56,9 +69,7 @@ def read_checkpoint(location: str) -> Any:
     weights_only=True; the official 'args' (an argparse.Namespace) is allowed as well."""
     try:
         if is_uri(location):
-            import pyarrow.fs
-
-            fs, path = pyarrow.fs.FileSystem.from_uri(location)
+            fs, path = _filesystem(location)
             with fs.open_input_stream(path) as f:
                 source: Any = io.BytesIO(f.read())
         else:
