@@ -6,7 +6,6 @@ module hides the difference behind `Backbone.forward` and `Backbone.features`.
 """
 from __future__ import annotations
 
-import importlib
 import math
 import typing
 from typing import Any
@@ -19,7 +18,6 @@ from torch import nn
 from cmd_model.config import FeatureKind, ModelConfig
 
 FEATURE_KINDS = typing.get_args(FeatureKind)
-_STRIP_PREFIXES = ("module.", "backbone.", "_orig_mod.")
 
 
 class Backbone(nn.Module):
@@ -66,6 +64,19 @@ class Backbone(nn.Module):
         if kind in ("last4", "last4cls"):
             return self._last_blocks(x, 4, cls=kind == "last4cls")
         raise ValueError(f"unknown feature kind {kind!r}; expected one of {FEATURE_KINDS}")
+
+    @torch.no_grad()
+    def feature_set(self, x: torch.Tensor, kinds: list[str] | tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """`features(x, kind)` for several kinds, running the plain forward once for `cls` and
+        `avgpool` (what an evaluation with a probe feature and a kNN feature needs)."""
+        out: dict[str, torch.Tensor] = {}
+        if "cls" in kinds or "avgpool" in kinds:
+            pooled, tokens = self.forward(x)
+            out.update(cls=pooled, avgpool=tokens.mean(dim=1))
+        for kind in kinds:
+            if kind not in out:
+                out[kind] = self.features(x, kind)
+        return {kind: out[kind] for kind in kinds}
 
     def _last_blocks(self, x: torch.Tensor, n: int, cls: bool) -> torch.Tensor:
         m = self.model
@@ -144,8 +155,8 @@ class ConvStemEmbed(PatchEmbed):
 
 
 def build_backbone(cfg: ModelConfig) -> Backbone:
-    """Create the timm model by name with random init (nothing is downloaded), then optionally
-    load `cfg.init_checkpoint` (the paper starts from an ImageNet EsViT checkpoint)."""
+    """Create the timm model by name with random init (nothing is downloaded); `cfg.init_checkpoint`
+    is restored on the whole network pair by `cmd_model.init_checkpoint`."""
     kwargs: dict[str, Any] = dict(cfg.backbone_kwargs)
     if cfg.dynamic_img_size:
         kwargs.setdefault("dynamic_img_size", True)
@@ -160,64 +171,4 @@ def build_backbone(cfg: ModelConfig) -> Backbone:
     backbone = Backbone(model, cfg.backbone)
     if cfg.conv_stem and backbone.family != "vit":
         raise ValueError(f"model.conv_stem is for ViT backbones; {cfg.backbone!r} is {backbone.family}")
-    if cfg.init_checkpoint:
-        load_backbone_checkpoint(backbone, cfg.init_checkpoint, cfg.init_checkpoint_key)
     return backbone
-
-
-def load_backbone_checkpoint(backbone: Backbone, path: str, key: str = "teacher") -> None:
-    """Load a local DINO / EsViT / timm state dict into the backbone.
-
-    Takes `state[key]` when present (DINO and EsViT save "teacher" and "student"), strips the
-    DDP/MultiCropWrapper prefixes, drops the DINO heads, runs timm's own checkpoint filter for the
-    model family (which converts original-Swin / DINO key layouts and resizes position tables),
-    and fails naming the missing and unexpected keys.
-    """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(f"model.init_checkpoint: no file at {path}") from exc
-    except Exception as exc:  # pickle with custom classes, corrupt file
-        raise ValueError(f"model.init_checkpoint {path}: cannot be read with weights_only=True: {exc}") from exc
-    if key and isinstance(state, dict) and key in state:
-        state = state[key]
-    elif isinstance(state, dict):
-        for k in ("state_dict", "model"):
-            if k in state and isinstance(state[k], dict):
-                state = state[k]
-                break
-    if not isinstance(state, dict):
-        raise ValueError(f"model.init_checkpoint {path}: expected a state dict, got {type(state).__name__}")
-    cleaned: dict[str, torch.Tensor] = {}
-    for k, v in state.items():
-        if not isinstance(v, torch.Tensor):
-            continue
-        changed = True
-        while changed:
-            changed = False
-            for p in _STRIP_PREFIXES:
-                if k.startswith(p):
-                    k, changed = k[len(p):], True
-        cleaned[k] = v
-    model = backbone.model
-    own = set(model.state_dict().keys())
-    cleaned = {k: v for k, v in cleaned.items() if k in own or not k.split(".")[0].startswith("head")}
-    module = importlib.import_module(type(model).__module__)
-    filt = getattr(module, "checkpoint_filter_fn", None)
-    if filt is not None:
-        try:
-            cleaned = filt(cleaned, model)
-        except Exception:  # noqa: BLE001 - filter is best effort; key errors are reported below
-            pass
-    try:
-        result = model.load_state_dict(cleaned, strict=False)
-    except RuntimeError as exc:  # shape mismatch
-        raise ValueError(f"model.init_checkpoint {path} (key {key!r}) does not fit {backbone.name}: {exc}") from exc
-    missing = [k for k in result.missing_keys if not k.endswith("relative_position_index")]
-    unexpected = list(result.unexpected_keys)
-    if missing or unexpected:
-        raise ValueError(
-            f"model.init_checkpoint {path} (key {key!r}) does not fit {backbone.name}: "
-            f"missing keys {missing[:20]}{' ...' if len(missing) > 20 else ''}; "
-            f"unexpected keys {unexpected[:20]}{' ...' if len(unexpected) > 20 else ''}"
-        )

@@ -1,7 +1,7 @@
 """Method settings: backbone, heads, CMD loss, optimiser schedules and evaluation.
 
 Defaults are sized for the CPU demo; every paper default is cited where it is set in
-tune_spaces/cub.yaml and listed with its source in cmd_model/README.md.
+tune_spaces/recipes/paper.yaml and listed with its source in cmd_model/README.md.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from annotated_types import Ge, Gt, Interval
 
 # Each set of names is spelled here only; code that needs the list uses typing.get_args.
+MILForm = Literal["proper_kl", "official"]
 Method = Literal["dino", "esvit", "cmd"]  # each adds a term: image; + region; + multi-instance
 MilPooling = Literal["sum", "mean", "attention"]
 MilKLDirection = Literal["bag||image", "image||bag"]
@@ -37,8 +38,10 @@ class ModelConfig:
     # "Early Convolutions Help Transformers See Better"). Not in the paper (official: linear patches);
     # the demo turns it on because a tiny ViT learns too slowly from scratch in CPU minutes.
     conv_stem: bool = False
-    init_checkpoint: str | None = None  # local DINO / EsViT / timm state dict
-    init_checkpoint_key: str = "teacher"  # "teacher" | "student" | "" (top level)
+    # Where the run starts: an EsViT / CMD / DINO checkpoint in the official layout (student,
+    # teacher, both heads and the centers are restored), a harness checkpoint, or a plain backbone
+    # state dict. A local path or a bucket URI (s3://, gs://, file://): every worker reads it.
+    init_checkpoint: str | None = None
     # Heads: official code (EsViT DINOHead): 3-layer MLP, hidden 2048, bottleneck 256,
     # weight-normalised last layer, out_dim 65536, norm_last_layer False.
     out_dim: Annotated[int, Gt(0)] = 1024
@@ -60,11 +63,16 @@ class LossConfig:
     mil_pooling: MilPooling = "sum"  # mean: same distribution as sum; attention: gated MIL
     mil_attention_dim: Annotated[int, Gt(0)] = 64  # hidden size of the gated-attention MIL pooling
     teacher_mil_in_loss: bool = False  # official: L_T has no gradient; logged only
-    legacy_kl_target: bool = False  # reproduce torch<=1.10 kl_div on raw logits (see README)
-    # Official F.kl_div(image, bag) is KL(bag || image); "image||bag" is the other direction.
+    # L_S / L_T form. "official": main_esvit.py `F.kl_div(s_cls[v], sum_j s_region)` on raw
+    # logits / tau_s with torch <= 1.10 semantics (its gradient balance: ||dL_S|| / ||dL_I||
+    # measured in cmd_model/README.md); "proper_kl": a KL between distributions (the paper's words).
+    mil_form: MILForm = "proper_kl"
+    # mil_form "proper_kl" only. Official F.kl_div(image, bag) is KL(bag || image); "image||bag"
+    # is the other direction.
     mil_kl_direction: MilKLDirection = "bag||image"
-    # Official F.kl_div default reduction "mean" averages over B*K elements (the term is then
-    # ~1/K of a per-sample KL); "batchmean" (default here) is the KL per image. See README.
+    # mil_form "proper_kl" only. F.kl_div's default reduction "mean" averages over B*K elements
+    # (on distributions the term is then 1/K of the per-image KL); "batchmean" (default here) is
+    # the KL per image. See README.
     mil_kl_reduction: MilKLReduction = "batchmean"
     # Collapse flag: teacher entropy above this fraction of ln(out_dim) (uniform outputs), or
     # one prototype for the whole batch (dominant output). Not in the sources; README.
@@ -99,7 +107,9 @@ class EvalConfig:
     probe_every: Annotated[int, Gt(0)] = 1  # epochs between probe evaluations (the last epoch always)
     # What each kind is: cmd_model.backbone.Backbone.features (official probe: last4; DINO ViT: last4cls)
     probe_feature: FeatureKind = "cls"
-    probe_epochs: Annotated[int, Gt(0)] = 100  # full-batch L-BFGS/Adam iterations for the fast probe
+    # kNN and retrieval feature; official eval_knn.py / retrieval.py: the pooled final feature.
+    knn_feature: FeatureKind = "cls"
+    probe_epochs: Annotated[int, Gt(0)] = 100  # full-batch L-BFGS iterations for the fast probe
     probe_weight_decay: Annotated[float, Ge(0)] = 1e-4
     knn_k: tuple[Annotated[int, Gt(0)], ...] = (10, 20, 100, 200)
     knn_temperature: Annotated[float, Gt(0)] = 0.07

@@ -19,6 +19,7 @@ from cmd_model.centers import dist_ready
 from cmd_model.config import LossConfig, ModelConfig, OptimConfig
 from cmd_model.ema import ema_update
 from cmd_model.heads import cancel_last_layer_grads
+from cmd_model.init_checkpoint import restore_init_checkpoint
 from cmd_model.losses import TERM_NAMES, CMDLoss
 from cmd_model.network import CMDNetwork, build_networks
 from cmd_model.schedules import Schedules
@@ -84,10 +85,13 @@ class CMDEngine:
             # SyncBatchNorm has no kernel: there each rank normalises over its own batch.
             student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
             teacher = nn.SyncBatchNorm.convert_sync_batchnorm(teacher)
+        self.loss = CMDLoss(model_cfg.out_dim, loss_cfg)
+        if model_cfg.init_checkpoint:  # before DDP wraps the student (it broadcasts rank 0's weights)
+            restore_init_checkpoint(student, teacher, self.loss, model_cfg.init_checkpoint)
+        self.loss.to(self.device)
         self._student: CMDNetwork = student.to(self.device)
         self.teacher: CMDNetwork = teacher.to(self.device)
         self.student: nn.Module = wrap_student(self._student) if wrap_student else self._student
-        self.loss = CMDLoss(model_cfg.out_dim, loss_cfg).to(self.device)
         self.optimizer = torch.optim.AdamW(get_params_groups(self._student))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp_dtype == torch.float16)
         self.schedules = Schedules.build(optim_cfg, loss_cfg, steps_per_epoch, global_batch)

@@ -44,7 +44,7 @@ def legacy_kl_div(inp: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
     = where(target > 0, target * (log(target) - inp), 0).mean(). The official student term feeds raw
     logits / tau_s (input) and their sum over tokens (target, with negative entries): current torch
-    returns NaN there. Only for reproducing the official numbers (`loss.legacy_kl_target`).
+    returns NaN there. `loss.mil_form: official` (the paper recipe) uses it.
     """
     inp = inp.float()
     target = target.float()

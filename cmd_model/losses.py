@@ -9,19 +9,21 @@ main_dino.py DINOLoss), whatever image_weight says.
 from __future__ import annotations
 
 import math
+import typing
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from cmd_model.centers import dist_ready, ema_center
-from cmd_model.config import LossConfig
+from cmd_model.config import LossConfig, MILForm
 from cmd_model.loss_image import image_ce, student_log_probs, teacher_probs
 from cmd_model.loss_mil import legacy_kl_div, mil_kl
 from cmd_model.loss_region import match_regions, region_ce
 from cmd_model.mil import POOLINGS, bag_log_pool
 from cmd_model.network import METHODS, NetOutput
 
+MIL_FORMS: tuple[str, ...] = typing.get_args(MILForm)
 TERM_NAMES = ("loss_image", "loss_region", "loss_mil_student", "loss_mil_teacher")
 
 
@@ -41,8 +43,8 @@ class CMDLoss(nn.Module):
     def __init__(self, out_dim: int, cfg: LossConfig) -> None:
         super().__init__()
         # Values and combinations are checked with the config (harness.config), before any worker.
-        assert cfg.method in METHODS and cfg.mil_pooling in POOLINGS, cfg
-        assert not (cfg.legacy_kl_target and cfg.mil_pooling == "attention"), cfg
+        assert cfg.method in METHODS and cfg.mil_pooling in POOLINGS and cfg.mil_form in MIL_FORMS, cfg
+        assert not (cfg.mil_form == "official" and cfg.mil_pooling == "attention"), cfg
         self.cfg = cfg
         self.out_dim = out_dim
         self.register_buffer("center", torch.zeros(1, out_dim))
@@ -127,7 +129,7 @@ class CMDLoss(nn.Module):
         tau = cfg.student_temp
         img_logits = out.image_logits[v].float() / tau
         tok_logits = out.token_logits[v].float() / tau
-        if cfg.legacy_kl_target:
+        if cfg.mil_form == "official":
             # Verbatim official: F.kl_div(s_cls[v], torch.sum(s_region, 1)) on raw logits / tau_s.
             target = tok_logits.sum(1) if cfg.mil_pooling == "sum" else tok_logits.mean(1)
             return legacy_kl_div(img_logits, target)
@@ -139,7 +141,7 @@ class CMDLoss(nn.Module):
                      i: int, temp: float) -> torch.Tensor:
         """L_T for teacher view i on the centered, sharpened teacher distributions (no gradient)."""
         cfg = self.cfg
-        if cfg.legacy_kl_target:
+        if cfg.mil_form == "official":
             # Verbatim official: F.kl_div(t_cls[iq], torch.sum(t_region, 1)), probabilities as input.
             target = t_tok[i].sum(1) if cfg.mil_pooling == "sum" else t_tok[i].mean(1)
             return legacy_kl_div(t_img[i], target)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +56,14 @@ def linear_probe(
         return _top1(xte @ w + b, yte)
 
 
+class PaperProbe(NamedTuple):
+    """Top-1 of the paper protocol: after the last epoch, and the best over epochs (what the
+    official eval_linear.py prints as "Max accuracy": chosen on the test split itself)."""
+
+    final: float
+    best: float
+
+
 def paper_probe(
     train_x: torch.Tensor,
     train_y: torch.Tensor,
@@ -65,11 +74,11 @@ def paper_probe(
     lr: float = 0.001,
     seed: int = 0,
     device: torch.device | str = "cpu",
-) -> float:
+) -> PaperProbe:
     """The official protocol (EsViT/DINO eval_linear.py): a linear layer (weight N(0, 0.01), bias 0)
     on the raw frozen features (the official ones are `last4`), SGD momentum 0.9, no weight decay,
-    lr = lr * batch_size / 256, cosine annealing to 0 over `epochs`, shuffled mini-batches; the
-    number reported is the best test top-1 over epochs, as in the official script.
+    lr = lr * batch_size / 256, cosine annealing to 0 over `epochs`, shuffled mini-batches. Returns the last epoch's test
+    top-1 and, separately, the best over epochs (the official script's number).
 
     Difference: features are extracted once (no RandomResizedCrop/flip per epoch; see README)."""
     g = torch.Generator().manual_seed(seed)
@@ -83,7 +92,7 @@ def paper_probe(
         linear.bias.zero_()
     opt = torch.optim.SGD(linear.parameters(), lr=lr * batch_size / 256.0, momentum=0.9, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1), eta_min=0)
-    best = 0.0
+    best = final = 0.0
     n = len(xtr)
     for _ in range(epochs):
         perm = torch.randperm(n, generator=g).to(dev)
@@ -95,8 +104,9 @@ def paper_probe(
             opt.step()
         sched.step()
         with torch.no_grad():
-            best = max(best, _top1(linear(xte), yte))
-    return best
+            final = _top1(linear(xte), yte)
+        best = max(best, final)
+    return PaperProbe(final, best)
 
 
 def chance(labels: torch.Tensor) -> float:

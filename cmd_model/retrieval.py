@@ -1,4 +1,4 @@
-"""Image retrieval by cosine similarity: Rank-1, Rank-5, mAP@100 (official retrieval.py)."""
+"""Image retrieval by cosine similarity: Rank-1, Rank-5, mAP@100 two ways (official retrieval.py)."""
 from __future__ import annotations
 
 import typing
@@ -24,8 +24,10 @@ def retrieval(
     """`feats`/`labels` are the test split. Modes (official retrieval.py `split_mode`):
     "every9" ('ratio'): queries = every 9th test image (index % 9 == 0), gallery = train + the other
     test images; "test_vs_train" ('origin'): queries = test, gallery = train.
-    AP@100 as the official loop: mean over the hits in the top 100 of precision at each hit, 0
-    without a hit."""
+    Two AP@100, both summing precision at each hit in the top 100: `map100` divides by
+    min(100, relevant items in the gallery), the standard AP@k; `map100_official` divides by the
+    hits found in the top 100 (retrieval.py: `precision_sum / pos_num`; one hit at rank 1 gives 1).
+    A query without a hit scores 0 in both."""
     test_x = feats.detach().float().cpu()
     test_y = labels.detach().long().cpu()
     tr_x = train_feats.detach().float().cpu() if train_feats is not None else test_x[:0]
@@ -46,17 +48,18 @@ def retrieval(
     q_x = F.normalize(q_x, dim=1)
     g_x = F.normalize(g_x, dim=1)
     depth = min(at_map, len(g_x))
-    r1 = r5 = ap_sum = 0.0
+    relevant = torch.bincount(g_y, minlength=int(max(int(g_y.max()), int(q_y.max()))) + 1)
+    r1 = r5 = ap_sum = ap_official_sum = 0.0
     for s in range(0, len(q_x), chunk):
         sim = q_x[s:s + chunk] @ g_x.T
         _, idx = sim.topk(depth, dim=1, largest=True, sorted=True)
         hits = (g_y[idx] == q_y[s:s + chunk, None]).float()  # (b, depth)
         r1 += float(hits[:, 0].sum())
         r5 += float(hits[:, :5].amax(dim=1).sum())
-        cum = hits.cumsum(dim=1)
-        prec = cum / torch.arange(1, depth + 1, dtype=torch.float32)
-        n_hits = hits.sum(dim=1)
-        ap = (prec * hits).sum(dim=1) / n_hits.clamp_min(1)
-        ap_sum += float(ap.sum())
+        precision_sum = (hits.cumsum(dim=1) / torch.arange(1, depth + 1) * hits).sum(dim=1)
+        ap_official_sum += float((precision_sum / hits.sum(dim=1).clamp_min(1)).sum())
+        ideal = relevant[q_y[s:s + chunk]].clamp(max=at_map).float()
+        ap_sum += float((precision_sum / ideal.clamp_min(1)).sum())
     n = len(q_x)
-    return {"rank1": r1 / n, "rank5": r5 / n, "map100": ap_sum / n, "queries": float(n), "gallery": float(len(g_x))}
+    return {"rank1": r1 / n, "rank5": r5 / n, "map100": ap_sum / n, "map100_official": ap_official_sum / n,
+            "queries": float(n), "gallery": float(len(g_x))}

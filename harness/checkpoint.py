@@ -18,7 +18,7 @@ from harness.config import ConfigError
 STATE_FILE = "state.pt"
 # Keys whose change alters the shape or meaning of saved weights.
 _MODEL_KEYS = ("model", "loss.mil_pooling", "loss.mil_attention_dim")
-_IGNORED_MODEL_KEYS = ("model.init_checkpoint", "model.init_checkpoint_key")
+_IGNORED_MODEL_KEYS = ("model.init_checkpoint",)
 
 
 def rng_state() -> dict[str, Any]:

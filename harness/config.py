@@ -367,6 +367,6 @@ def check_combinations(cfg: TrainConfig, source: str) -> None:
         if not any(getattr(loss, w) > 0 for w in used):
             names = ", ".join(f"'loss.{w}'" for w in used)
             raise ConfigError(f"{source}: the weights 'loss.method' {loss.method} uses ({names}) are all zero")
-    if loss.legacy_kl_target and loss.mil_pooling == "attention":
-        raise ConfigError(f"{source}: 'loss.legacy_kl_target' reproduces the official unweighted sum over "
+    if loss.mil_form == "official" and loss.mil_pooling == "attention":
+        raise ConfigError(f"{source}: 'loss.mil_form' official is the official unweighted sum over "
                           "tokens; it cannot be combined with 'loss.mil_pooling' attention")

@@ -36,11 +36,24 @@ def prepare_paths(cfg: TrainConfig, source: str) -> TrainConfig:
     if not is_remote(cfg.run.storage):
         cfg.run.storage = str(Path(cfg.run.storage).expanduser().resolve())
     if cfg.model.init_checkpoint:
-        init = Path(cfg.model.init_checkpoint).expanduser().resolve()
-        if not init.is_file():
-            raise ConfigError(f"{source}: 'model.init_checkpoint' = {init}: no such file")
-        cfg.model.init_checkpoint = str(init)
+        cfg.model.init_checkpoint = check_init_checkpoint(cfg.model.init_checkpoint, source)
     return cfg
+
+
+def check_init_checkpoint(location: str, source: str) -> str:
+    """The init checkpoint as every worker will read it: a local path made absolute, or a
+    bucket URI (s3://, gs://, file://) checked through pyarrow.fs from the driver."""
+    from cmd_model.init_checkpoint import checkpoint_exists, is_uri
+
+    if not is_uri(location):
+        location = str(Path(location).expanduser().resolve())
+    try:
+        found = checkpoint_exists(location)
+    except (OSError, ValueError) as exc:  # unknown scheme, no credentials, unreachable bucket
+        raise ConfigError(f"{source}: 'model.init_checkpoint' = {location}: {exc}".splitlines()[0]) from None
+    if not found:
+        raise ConfigError(f"{source}: 'model.init_checkpoint' = {location}: no such file")
+    return location
 
 
 def check_model_builds(cfg: TrainConfig, source: str) -> None:

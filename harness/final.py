@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from harness.cli_errors import exit_on_user_error
-from harness.config import ConfigError, build_config
+from harness.config import ConfigError
 from harness.results import BEST_JSON
 
 FINAL_JSON = "final_test.json"
@@ -38,22 +38,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def measure(checkpoint: Path, split: str, device: str) -> dict[str, Any]:
     """The study's evaluation of `checkpoint`'s teacher, with `split` in place of the val split."""
-    from cmd_model.evaluate import load_teacher
     from harness.data_check import prepare_paths
+    from harness.evaluate import load_teacher_backbone, read_run_state
     from harness.evaluation import evaluate_backbone
 
-    state_file = checkpoint / "state.pt" if checkpoint.is_dir() else checkpoint
-    if not state_file.is_file():
-        raise ConfigError(f"checkpoint {checkpoint}: no state.pt")
-    backbone, config = load_teacher(str(state_file), device)
-    cfg = prepare_paths(build_config(config, source=str(state_file)), str(state_file))
+    state, cfg, state_file = read_run_state(str(checkpoint))
     if split in (cfg.data.train_split, cfg.data.val_split):
         raise ConfigError(f"--split {split!r} is the run's {'train' if split == cfg.data.train_split else 'validation'} "
                           "split: the final measurement needs a held-out split")
-    data = replace(cfg.data, val_split=split)
-    metrics = evaluate_backbone(backbone, data, cfg.eval, torch.device(device), seed=cfg.run.seed)
+    cfg = prepare_paths(cfg, state_file)
+    backbone = load_teacher_backbone(state, cfg, device)
+    metrics = evaluate_backbone(backbone, replace(cfg.data, val_split=split), cfg.eval, torch.device(device),
+                                seed=cfg.run.seed)
     return {"split": split, "selected_on": cfg.data.val_split, "probe_trained_on": cfg.data.train_split,
-            "seeds": 1, "checkpoint": str(state_file), "metrics": metrics}
+            "seeds": 1, "checkpoint": state_file, "metrics": metrics}
 
 
 @exit_on_user_error

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cmd_model.backbone import build_backbone
-from cmd_model.evaluate import extract_features
+from cmd_model.features import extract_features
 from cmd_model.knn import knn_top1
 from cmd_model.probe import linear_probe, paper_probe
 from cmd_model.retrieval import retrieval
@@ -31,7 +31,7 @@ def test_probe_and_knn_separable_clusters_are_perfect_shuffled_labels_are_chance
     xte = xte + 0.1 * torch.randn_like(xte)
     assert linear_probe(xtr, ytr, xte, yte, epochs=50, weight_decay=1e-4, seed=0) == 1.0
     assert knn_top1(xtr, ytr, xte, yte, ks=(1, 10, 20), T=0.07) == {1: 1.0, 10: 1.0, 20: 1.0}
-    assert paper_probe(xtr, ytr, xte, yte, epochs=20, batch_size=32, lr=2.0, seed=0) == 1.0
+    assert paper_probe(xtr, ytr, xte, yte, epochs=20, batch_size=32, lr=2.0, seed=0) == (1.0, 1.0)
     g = torch.Generator().manual_seed(1)
     noise_tr, noise_te = torch.randn(300, 16, generator=g), torch.randn(300, 16, generator=g)
     ytr_s, yte_s = torch.randint(0, 5, (300,), generator=g), torch.randint(0, 5, (300,), generator=g)
@@ -68,6 +68,36 @@ def test_retrieval_by_hand_and_modes():
     assert r["rank1"] == 1.0 and r["map100"] == 1.0
     with pytest.raises(ValueError, match="needs train_feats"):
         retrieval(xte, yte, "test_vs_train")
+
+
+def test_paper_probe_final_epoch_and_official_best_by_hand():
+    """1-D, two classes, full batch, lr 2 (batch 256), SGD momentum 0.9, cosine over 2 epochs:
+    epoch 1 lr 2, epoch 2 lr 1. From ~0 weights (init N(0, 0.01)) every p is 1/2:
+      grad W = (-0.5, +0.5), grad b = (-0.25, +0.25) -> logit gap z0 - z1 = 2x + 1 (boundary -0.5);
+      epoch 2: p0(x=1) = sigmoid(3), p0(x=-1) = sigmoid(-1): grad W0 = -0.1028, grad b0 = +0.0317;
+      momentum buf W0 = -0.5528, b0 = -0.1933 -> W0 = 1.5528, b0 = 0.6933 -> gap = 3.1056 x + 1.3866
+      (boundary -0.4465). Test x = -0.47 (label 0) is right after epoch 1, wrong after epoch 2."""
+    xtr, ytr = torch.tensor([[1.0], [1.0], [1.0], [-1.0]]), torch.tensor([0, 0, 0, 1])
+    xte, yte = torch.tensor([[-0.47], [1.0]]), torch.tensor([0, 0])
+    assert paper_probe(xtr, ytr, xte, yte, epochs=2, batch_size=256, lr=2.0, seed=0) == (0.5, 1.0)
+    result = paper_probe(xtr, ytr, xte, yte, epochs=1, batch_size=256, lr=2.0, seed=0)
+    assert (result.final, result.best) == (1.0, 1.0)
+
+
+def test_map100_standard_and_official_by_hand():
+    """Query label 0; ranked gallery labels 1, 0, 1, 0, 0 (3 relevant). Depth 2 (at_map=2): one hit,
+    at rank 2, precision 1/2. Official (divide by hits found): 1/2 / 1 = 0.5. Standard (divide by
+    min(2, relevant 3) = 2): 1/2 / 2 = 0.25. Depth 100: hits at 2, 4, 5: precisions 1/2, 2/4, 3/5;
+    both divide by 3."""
+    gallery = torch.tensor([[0.9, 0.1], [1.0, 0.0], [0.5, -0.5], [0.2, 0.9], [-1.0, 0.0]])
+    g_y = torch.tensor([0, 1, 1, 0, 0])
+    q, q_y = torch.tensor([[1.0, 0.0]]), torch.tensor([0])
+    r = retrieval(q, q_y, "test_vs_train", gallery, g_y, at_map=2)
+    assert (r["map100"], r["map100_official"]) == (pytest.approx(0.25), pytest.approx(0.5))
+    r = retrieval(q, q_y, "test_vs_train", gallery, g_y)
+    assert r["map100"] == r["map100_official"] == pytest.approx((1 / 2 + 2 / 4 + 3 / 5) / 3)
+    r = retrieval(q, torch.tensor([2]), "test_vs_train", gallery, g_y)  # no relevant item: 0, not NaN
+    assert r["map100"] == r["map100_official"] == 0.0
 
 
 def test_extract_features_from_a_loader():

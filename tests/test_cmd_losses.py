@@ -154,7 +154,7 @@ def test_mil_terms_zero_when_tokens_agree_with_image():
 def test_finite_with_negative_logits_and_legacy_matches_formula():
     s, t = _outputs(scale=5.0, shift=-40.0)
     for legacy in (False, True):
-        total, terms = CMDLoss(K, _cfg(legacy_kl_target=legacy))(s, t, TAU_T)
+        total, terms = CMDLoss(K, _cfg(mil_form="official" if legacy else "proper_kl"))(s, t, TAU_T)
         assert math.isfinite(float(total)) and all(math.isfinite(v) for v in terms.values())
     # legacy = torch<=1.10 kl_div: target <= 0 entries count as 0
     x = torch.tensor([[-1.0, 2.0, 0.5]])
@@ -163,7 +163,7 @@ def test_finite_with_negative_logits_and_legacy_matches_formula():
     assert float(legacy_kl_div(x, y)) == pytest.approx(expect)
     assert math.isnan(float(F.kl_div(x, y, reduction="sum")))  # the defect on current torch
     # the legacy student term is the official call on raw logits / tau_s, summed over tokens
-    _, terms = CMDLoss(K, _cfg(legacy_kl_target=True))(s, t, TAU_T)
+    _, terms = CMDLoss(K, _cfg(mil_form="official"))(s, t, TAU_T)
     v_pairs = [1, 2, 3, 0, 2, 3]
     ref = np.mean([
         float(legacy_kl_div(s.image_logits[v] / TAU_S, (s.token_logits[v] / TAU_S).sum(1))) for v in v_pairs])

@@ -67,10 +67,10 @@ def test_wrong_type_names_key(tmp_path):
     ("scaling.resources_per_worker={TPU: -1}", "'scaling.resources_per_worker.TPU' must be >= 0"),
     # rules between fields
     ("data.crops.local_scale=[0.5,0.2]", "'data.crops.local_scale' must satisfy low <= high"),
-    ("loss.legacy_kl_target=true", "cannot be combined with 'loss.mil_pooling' attention"),
+    ("loss.mil_form=official", "cannot be combined with 'loss.mil_pooling' attention"),
 ])
 def test_out_of_range_values(override, message):
-    overrides = [override, "loss.mil_pooling=attention"] if "legacy" in override else [override]
+    overrides = [override, "loss.mil_pooling=attention"] if "mil_form" in override else [override]
     with pytest.raises(ConfigError) as err:
         load_config(DEMO, overrides)
     assert message in str(err.value)
@@ -190,7 +190,7 @@ def test_every_field_refuses_a_bad_value_in_one_line(key, tmp_path, capsys, no_r
     ([DEMO, "optim.epochs=two"], "'optim.epochs' must be int"),
     ([DEMO, "loss.mil_kl_direction=both"], "'loss.mil_kl_direction' must be one of ['bag||image', 'image||bag']"),
     ([DEMO, "loss.mil_kl_reduction=sum"], "'loss.mil_kl_reduction' must be one of"),
-    ([DEMO, "loss.legacy_kl_target=true", "loss.mil_pooling=attention"], "cannot be combined"),
+    ([DEMO, "loss.mil_form=official", "loss.mil_pooling=attention"], "cannot be combined"),
     ([DEMO, "data.demo=false", "data.shards=/no/such/folder"], "'data.shards' = /no/such/folder: no such folder"),
     ([DEMO, *TINY_SWIN], "model.conv_stem is for ViT backbones"),
     ([DEMO, *TINY_SWIN, "model.conv_stem=false", "eval.probe_feature=last4cls"],

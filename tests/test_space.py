@@ -58,7 +58,7 @@ def test_shipped_spaces_are_valid(space):
     ({"scheduler": {"reduction_factor": 1}}, "'scheduler.reduction_factor' must be >= 2, got 1"),
     ({"mode": "up"}, "'mode' must be one of ['max', 'min'], got 'up'"),
     ({"space": {"loss.mil_pooling": {"type": "choice", "values": ["sum", "attention"]}},
-      "base": {"loss": {"legacy_kl_target": True}}},
+      "base": {"loss": {"mil_form": "official"}}},
      "space 'loss.mil_pooling' can sample 'attention', which is invalid"),
     ({"scheduler": {"type": "asha", "max_t": 2, "grace_period": 3, "reduction_factor": 2}},
      "grace_period <= max_t"),

@@ -1,0 +1,74 @@
+"""`python -m harness.evaluate` reproduces a run's own evaluation, each metric on its protocol's feature."""
+from __future__ import annotations
+
+import json
+
+import torch
+
+from cmd_model.engine import CMDEngine
+from cmd_model.features import extract_features
+from cmd_model.knn import knn_top1
+from harness.checkpoint import save_checkpoint
+from harness.config import TrainConfig, build_config, to_dict
+from harness.evaluate import main
+from harness.evaluation import evaluate_backbone
+from shards.pipeline import eval_loader
+
+torch.set_num_threads(2)
+
+
+def _run_checkpoint(folder, demo_shards) -> tuple[TrainConfig, CMDEngine]:
+    """A checkpoint folder as harness/worker.py writes it, for a tiny ViT run on the demo shards
+    whose eval settings differ from the defaults (probe on last4, seed 3)."""
+    cfg = build_config({
+        "data": {"shards": str(demo_shards), "crops": {"eval_size": 32, "eval_resize": 36}},
+        "model": {"backbone": "vit_tiny_patch16_224", "out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16,
+                  "backbone_kwargs": {"patch_size": 8, "img_size": 32, "depth": 2, "embed_dim": 48, "num_heads": 3}},
+        "eval": {"probe_feature": "last4", "probe_epochs": 20},
+        "run": {"seed": 3},
+    })
+    torch.manual_seed(0)
+    engine = CMDEngine(cfg.model, cfg.loss, cfg.optim, steps_per_epoch=1, global_batch=2)
+    save_checkpoint(folder, {"engine": engine.state_dict(), "epoch": 1, "step": 0, "config": to_dict(cfg)})
+    return cfg, engine
+
+
+def test_folder_or_file_reproduces_the_runs_numbers_on_the_named_features(tmp_path, demo_shards, capsys):
+    cfg, engine = _run_checkpoint(tmp_path / "checkpoint_000001", demo_shards)
+    study = evaluate_backbone(engine.teacher_backbone, cfg.data, cfg.eval, torch.device("cpu"), seed=cfg.run.seed)
+    assert main(["--checkpoint", str(tmp_path / "checkpoint_000001"), "--paper-probe", "--device", "cpu",
+                 "eval.paper_probe_epochs=2"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("probe_top1", "knn_top1", "rank1", "rank5", "map100", "map100_official"):
+        assert printed[key] == study[key], key  # the study's number, same split, settings and seed
+    # the probe on the run's eval.probe_feature, kNN / retrieval on the pooled final feature
+    assert printed["probe_feature_dim.last4"] == 2 * 48 and printed["knn_feature_dim.cls"] == 48  # depth 2: both blocks
+    assert 0.0 <= printed["paper_probe_top1"] <= printed["paper_probe_best_top1"] <= 1.0
+    assert {f"knn_top1[k={k}]" for k in cfg.eval.knn_k} <= set(printed)
+    train = extract_features(engine.teacher_backbone, eval_loader(cfg.data, cfg.data.train_split), "cls")
+    val = extract_features(engine.teacher_backbone, eval_loader(cfg.data, cfg.data.val_split), "cls")
+    assert printed["knn_top1"] == knn_top1(*train, *val, ks=(20,))[20]
+    # the state file itself, and an override of the kNN feature
+    assert main(["--checkpoint", str(tmp_path / "checkpoint_000001" / "state.pt"), "--device", "cpu",
+                 "eval.knn_feature=avgpool"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["probe_top1"] == study["probe_top1"] and "knn_feature_dim.avgpool" in printed
+
+
+def test_bad_checkpoint_and_overrides_are_one_line(tmp_path, demo_shards, capsys):
+    assert main(["--checkpoint", str(tmp_path)]) == 2
+    assert "no such file or checkpoint folder" in capsys.readouterr().err
+    _run_checkpoint(tmp_path / "ckpt", demo_shards)
+    assert main(["--checkpoint", str(tmp_path / "ckpt"), "optim.lr=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "only eval.* and data.*" in err
+    assert main(["--checkpoint", str(tmp_path / "ckpt"), "eval.knn_feature=nope"]) == 2
+    assert "'eval.knn_feature' must be one of" in capsys.readouterr().err
+
+
+def test_cmd_model_imports_neither_harness_nor_shards():
+    import pathlib
+
+    for f in (pathlib.Path(__file__).resolve().parent.parent / "cmd_model").glob("*.py"):
+        text = f.read_text()
+        assert not any(f"{w} {m}" in text for w in ("import", "from") for m in ("shards", "harness")), f
