@@ -22,6 +22,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 from harness.cli_errors import exit_on_user_error  # noqa: E402
 from harness.config import parse_overrides, to_dict  # noqa: E402
 from harness.data_check import is_remote, prepare_paths  # noqa: E402
+from harness.ray_session import choose_address  # noqa: E402
 from harness.space import Study, load_study  # noqa: E402
 
 DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "tune_spaces" / "demo.yaml"
@@ -91,6 +92,7 @@ def random_init_baseline(study: Study) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     study = load_study(args.space, parse_overrides(args.overrides))
+    choose_address()  # a dead RAY_ADDRESS ends here, before the demo set or the baseline
     if args.num_samples:
         study.search.num_samples = args.num_samples
     study.base = prepare_paths(study.base, args.space)
