@@ -165,3 +165,39 @@ def test_killed_train_worker_restarts_from_checkpoint_and_finishes(two_node_clus
             assert math.isfinite(h[key]), (key, h)
     print(f"killed worker pid {killed} at {killed_at:.0f} s; run took {time.time() - start:.0f} s; "
           f"worker pids seen {sorted(seen)}")
+
+
+def checkpoint_folders(run_dir: Path) -> list[Path]:
+    """The run's checkpoint folders, oldest first (Train names them by date and time)."""
+    return sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())
+
+
+def test_truncated_latest_checkpoint_resumes_from_the_previous_one(ray_head, demo_shards, tmp_path):
+    """A node lost while writing leaves a cut `state.pt`: the rerun resumes from the intact epoch 1."""
+    config = tiny_base(demo_shards)
+    config["run"] = {"storage": str(tmp_path / "runs")}
+    config_file = tmp_path / "cut.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    command = [sys.executable, "harness/train.py", "--config", str(config_file), "--name", "cut"]
+
+    def train(epochs: int) -> str:
+        proc = subprocess.run([*command, f"optim.epochs={epochs}"], cwd=ROOT, env=ray_head.env,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc.stdout
+
+    train(2)
+    run_dir = tmp_path / "runs" / "cut"
+    first, latest = checkpoint_folders(run_dir)
+    with open(latest / "state.pt", "r+b") as f:
+        f.truncate(1000)
+
+    out = train(3)
+    lines = [line[line.index("[train] "):] for line in out.splitlines() if "is damaged" in line]  # no worker prefix
+    assert lines == [f"[train] checkpoint {latest} is damaged (state.pt has 1000 bytes, "
+                     f"{json.loads((latest / 'commit.json').read_text())['bytes']} committed); "
+                     f"resuming from {first}, the newest intact one"], out[-3000:]
+    assert "[train] resumed at epoch 2, step 0" in out, out[-3000:]
+    newest = checkpoint_folders(run_dir)[-1]
+    state = torch.load(newest / "state.pt", weights_only=True)
+    assert state["epoch"] == 3 and [int(h["epoch"]) for h in state["history"]] == [1, 2, 3]
