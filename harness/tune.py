@@ -22,6 +22,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 from harness.cli_errors import exit_on_user_error  # noqa: E402
 from harness.config import parse_overrides, to_dict  # noqa: E402
 from harness.data_check import is_remote, prepare_paths  # noqa: E402
+from harness.job_paths import JOB_HOME, job_working_copy, outside_job_copy  # noqa: E402
 from harness.ray_session import choose_address  # noqa: E402
 from harness.space import Study, load_study  # noqa: E402
 
@@ -56,14 +57,15 @@ def study_location(study: Study, args: argparse.Namespace) -> tuple[str, Path]:
     """(where Tune and Train write: a folder or a bucket URI, the local folder for results).
 
     With a bucket, every node writes checkpoints and trial state there, and the results files
-    are written locally (./runs/NAME) and copied next to them at the end.
+    are written locally (./runs/NAME) and copied next to them at the end. Started by `ray job
+    submit`, a relative storage goes under ~/cmd-harness, not into Ray's temporary copy.
     """
     name = args.name or study.name
     if args.restart:
         name = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    storage = args.storage or study.storage
+    storage = outside_job_copy(args.storage or study.storage)
     if is_remote(storage):
-        return f"{storage.rstrip('/')}/{name}", Path("runs").resolve() / name
+        return f"{storage.rstrip('/')}/{name}", Path(outside_job_copy("runs")).resolve() / name
     local = Path(storage).expanduser().resolve() / name
     return str(local), local
 
@@ -95,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     choose_address()  # a dead RAY_ADDRESS ends here, before the demo set or the baseline
     if args.num_samples:
         study.search.num_samples = args.num_samples
+    copy = job_working_copy()
+    if copy is not None:
+        if study.base.data.demo:  # generated once, not in every submit's fresh copy
+            study.base.data.shards = outside_job_copy(study.base.data.shards)
+        print(f"[study] running in Ray's temporary copy of the working dir ({copy}): relative paths "
+              f"are taken under {JOB_HOME} on this node; --storage chooses another place", flush=True)
     study.base = prepare_paths(study.base, args.space)
     study.base_dict = to_dict(study.base)
     uri, folder = study_location(study, args)
