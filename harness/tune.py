@@ -10,6 +10,7 @@ The run folder gets results.parquet/.csv, curves.parquet, best_config.yaml, best
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -77,8 +78,29 @@ def upload(local: Path, uri: str) -> None:
     pyarrow.fs.copy_files(str(local), uri)
 
 
-def random_init_baseline(study: Study) -> dict[str, float]:
-    """The probe on a randomly initialised backbone: what self-supervision must beat."""
+BASELINE_FILE = "random_init_baseline.json"
+
+
+def baseline_key(study: Study) -> str:
+    """A hash of what the random-init probe depends on: data (and its manifest), model, eval, seed."""
+    base = to_dict(study.base)
+    inputs = {key: base[key] for key in ("data", "model", "eval")} | {"seed": study.base.run.seed}
+    manifest = Path(study.base.data.shards) / "manifest.json"
+    if not is_remote(study.base.data.shards) and manifest.is_file():
+        inputs["manifest"] = hashlib.sha256(manifest.read_bytes()).hexdigest()
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def random_init_baseline(study: Study, folder: Path) -> dict[str, float]:
+    """The probe on a randomly initialised backbone: what self-supervision must beat.
+
+    Kept in the study folder under `baseline_key`, so a resumed or resubmitted study does not
+    measure it again, and a changed data, model or eval config does."""
+    cache = folder / BASELINE_FILE
+    known = json.loads(cache.read_text()) if cache.is_file() else {}
+    key = baseline_key(study)
+    if key in known:
+        return known[key]
     import torch
 
     from cmd_model.backbone import build_backbone
@@ -86,8 +108,11 @@ def random_init_baseline(study: Study) -> dict[str, float]:
 
     torch.manual_seed(study.base.run.seed)
     backbone = build_backbone(study.base.model)
-    return evaluate_backbone(backbone, study.base.data, study.base.eval, torch.device("cpu"),
-                             seed=study.base.run.seed)
+    result = evaluate_backbone(backbone, study.base.data, study.base.eval, torch.device("cpu"),
+                               seed=study.base.run.seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({**known, key: result}, indent=2))
+    return result
 
 
 @exit_on_user_error
@@ -110,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(study.space)} parameters, {study.search.max_concurrent} at once; folder {uri}",
           flush=True)
 
-    baseline = {} if args.no_baseline else random_init_baseline(study)
+    baseline = {} if args.no_baseline else random_init_baseline(study, folder)
     if baseline:
         print(f"[study] random-init backbone: probe_top1 {baseline['probe_top1']:.4f} "
               f"knn_top1 {baseline['knn_top1']:.4f}", flush=True)
