@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from harness.config import TrainConfig
+
 JOB_HOME = "~/cmd-harness"
 
 
@@ -34,3 +36,18 @@ def outside_job_copy(path: str, cwd: Path | None = None) -> str:
     except ValueError:  # an absolute path elsewhere: already stable
         return path
     return str(Path(JOB_HOME).expanduser() / inside)
+
+
+def keep_out_of_job_copy(cfg: TrainConfig, prefix: str) -> None:
+    """Inside Ray's copy: move `run.storage` and a generated demo set under ~/cmd-harness and say so.
+
+    The demo set is generated once there, not in every submit's fresh copy; other shards are
+    left alone (they may have been uploaded with the working dir)."""
+    copy = job_working_copy()
+    if copy is None:
+        return
+    cfg.run.storage = outside_job_copy(cfg.run.storage)
+    if cfg.data.demo:
+        cfg.data.shards = outside_job_copy(cfg.data.shards)
+    print(f"{prefix} running in Ray's temporary copy of the working dir ({copy}): relative paths "
+          f"are taken under {JOB_HOME} on this node", flush=True)

@@ -23,7 +23,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 from harness.cli_errors import exit_on_user_error  # noqa: E402
 from harness.config import parse_overrides, to_dict  # noqa: E402
 from harness.data_check import is_remote, prepare_paths  # noqa: E402
-from harness.job_paths import JOB_HOME, job_working_copy, outside_job_copy  # noqa: E402
+from harness.job_paths import keep_out_of_job_copy, outside_job_copy  # noqa: E402
 from harness.ray_session import choose_address  # noqa: E402
 from harness.space import Study, load_study  # noqa: E402
 
@@ -122,12 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     choose_address()  # a dead RAY_ADDRESS ends here, before the demo set or the baseline
     if args.num_samples:
         study.search.num_samples = args.num_samples
-    copy = job_working_copy()
-    if copy is not None:
-        if study.base.data.demo:  # generated once, not in every submit's fresh copy
-            study.base.data.shards = outside_job_copy(study.base.data.shards)
-        print(f"[study] running in Ray's temporary copy of the working dir ({copy}): relative paths "
-              f"are taken under {JOB_HOME} on this node; --storage chooses another place", flush=True)
+    keep_out_of_job_copy(study.base, "[study]")  # and study_location does the same for --storage
     study.base = prepare_paths(study.base, args.space)
     study.base_dict = to_dict(study.base)
     uri, folder = study_location(study, args)
