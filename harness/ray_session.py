@@ -46,6 +46,17 @@ def host_port(address: str) -> tuple[str, int] | None:
         return None
 
 
+def dialled(address: str) -> str:
+    """The address `ray.init` connects to for `address`: Ray 2.60 replaces 127.0.0.1 and
+    localhost by this node's IP (services.canonicalize_bootstrap_address)."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    try:
+        return canonicalize_bootstrap_address(address) or address
+    except Exception:  # not a host:port Ray parses (e.g. ray://): probed as written
+        return address
+
+
 def answers(address: str, seconds: float = PROBE_SECONDS) -> bool:
     """Whether something accepts TCP connections at `address` within `seconds`.
 
@@ -84,7 +95,7 @@ def choose_address(environ: dict[str, str] | None = None) -> tuple[str, str]:
     if env == "local":
         return "local", "[ray] started a private local Ray instance (RAY_ADDRESS=local)"
     if env and env != "auto":
-        if not answers(env):
+        if not answers(dialled(env)):
             raise RayUnreachableError(
                 f"RAY_ADDRESS={env}: no Ray head answers there within {PROBE_SECONDS:.0f} s; "
                 "start the head (`ray start --head`), fix the address, or unset RAY_ADDRESS "
@@ -121,7 +132,7 @@ def require_token_if_needed(address: str) -> None:
 
     try:
         with _stderr_silenced():
-            GcsClient(address=address)
+            GcsClient(address=dialled(address))
     except ray.exceptions.AuthenticationError:
         raise RayUnreachableError(
             f"the Ray cluster at {address} uses token auth and refused this client: set "
@@ -136,9 +147,10 @@ def connect(verbose: bool = False, log_to_driver: bool = True) -> str:
     private instance; print which in one line and return its GCS address.
 
     `log_to_driver` shows the workers' output here (train.py's per-epoch lines); a study keeps
-    it off unless verbose and prints its own line per trial event. The dashboard stays on: without it Train cannot release a finished trial's resources
-    and the next trial hangs (Ray 2.60). The address is exported so Train's cleaner and
-    any child process find this instance, not another one on the same machine.
+    it off unless verbose and prints its own line per trial event. The dashboard stays on:
+    without it Train cannot release a finished trial's resources and the next trial hangs
+    (Ray 2.60). The address is exported so Train's cleaner and any child process find this
+    instance, not another one on the same machine.
     """
     if ray.is_initialized():
         return ray.get_runtime_context().gcs_address
