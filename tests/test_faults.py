@@ -280,6 +280,9 @@ def test_preempted_spot_node_resumes_the_trial_without_using_its_failure_budget(
 
     assert reclaimed is not None, f"no checkpoint before the study ended:\n{output[-3000:]}"
     assert returncode == 0, output[-5000:]
+    # Train's failure policy put it on the preemption budget (unlimited), not on max_failures; a
+    # node removed without the drain ends this trial as ERROR (seen: "Error count: 1 (max allowed: 0)").
+    assert "Source: preemption" in output, output[-5000:]
     resumed = re.search(r"\[train\] resumed at epoch (\d+), step (\d+)", output)
     assert resumed and int(resumed.group(1)) >= 2, output[-5000:]  # from a checkpoint, not from scratch
     frame = pd.read_parquet(tmp_path / "runs" / "tiny" / "results.parquet")
