@@ -87,11 +87,11 @@ def recorded_head() -> str | None:
     return read_ray_address() or None
 
 
-def choose_address(environ: dict[str, str] | None = None) -> tuple[str, str]:
+def choose_address() -> tuple[str, str]:
     """(what to pass to `ray.init(address=...)`, the line saying which Ray that is).
 
     Raises RayUnreachableError when `RAY_ADDRESS` is set and nothing answers there."""
-    env = (os.environ if environ is None else environ).get("RAY_ADDRESS", "").strip()
+    env = os.environ.get("RAY_ADDRESS", "").strip()
     if env == "local":
         return "local", "[ray] started a private local Ray instance (RAY_ADDRESS=local)"
     if env and env != "auto":
