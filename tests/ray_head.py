@@ -60,22 +60,25 @@ class RayHead:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
-def start_head(num_cpus: int = 2, resources: str | None = None, home: Path | None = None) -> RayHead:
+def start_head(num_cpus: int = 2, resources: str | None = None, token_auth: bool = False) -> RayHead:
     """Start a head with the dashboard on (Tune-over-Train needs it) and auth off for tests.
 
-    With `home`, the head runs as a user whose home is that folder, with token auth on (what a
-    plain `ray start --head` does once ~/.ray/auth_token exists): the token is written to
+    The head runs as a user whose home is `temp_dir/home`, so what a job writes under `~`
+    (e.g. ~/cmd-harness) stays in the test's folder. With `token_auth`, what a plain
+    `ray start --head` does once ~/.ray/auth_token exists: token auth on, the token in
     `home/.ray/auth_token`, and `env` carries what a client needs (RAY_AUTH_MODE=token and
     RAY_AUTH_TOKEN_PATH)."""
     temp_dir = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
     port, dash = free_port(), free_port()
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
+    home = temp_dir / "home"
+    home.mkdir()
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", HOME=str(home),
                PATH=f"{BIN}:{os.environ.get('PATH', '')}")
-    if home is not None:
+    if token_auth:
         token = home / ".ray" / "auth_token"
-        token.parent.mkdir(parents=True, exist_ok=True)
+        token.parent.mkdir()
         token.write_text(secrets.token_hex(32))
-        env.update(HOME=str(home), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
     # The head's own processes (e.g. Train's placement-group cleaner) must find this instance
     # even when another Ray instance runs on the machine.
     env["RAY_ADDRESS"] = f"127.0.0.1:{port}"

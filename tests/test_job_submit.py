@@ -1,7 +1,7 @@
 """`ray job submit --working-dir . -- python harness/tune.py` against a head with token auth on.
 
-The head runs as a user whose home is a temp folder (its token in `home/.ray/auth_token`), so
-the job's `~/cmd-harness` is inside the test's folder. The client is given what the README says
+The head runs as a user whose home is in its temp folder (its token in `home/.ray/auth_token`),
+so the job's `~/cmd-harness` is inside the test's folder. The client is given what the README says
 it needs: RAY_AUTH_MODE=token and the token (here through RAY_AUTH_TOKEN_PATH).
 """
 from __future__ import annotations
@@ -21,8 +21,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def auth_head(tmp_path_factory):
-    head = start_head(num_cpus=2, home=tmp_path_factory.mktemp("home"))
+def auth_head():
+    head = start_head(num_cpus=2, token_auth=True)
     try:
         yield head
     finally:
