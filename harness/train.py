@@ -17,6 +17,8 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 from harness.cli_errors import exit_on_user_error  # noqa: E402
 from harness.config import TrainConfig, load_config  # noqa: E402
 from harness.data_check import prepare_paths  # noqa: E402
+from harness.job_paths import keep_out_of_job_copy  # noqa: E402
+from harness.ray_session import choose_address  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,7 +52,10 @@ def run(cfg: TrainConfig, name: str, verbose: bool = False) -> dict:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    cfg = prepare_paths(load_config(args.config, args.overrides), args.config)
+    config = load_config(args.config, args.overrides)
+    choose_address()  # a dead RAY_ADDRESS ends here, before the demo set is generated
+    keep_out_of_job_copy(config, "[train]")
+    cfg = prepare_paths(config, args.config)
     name = args.name or cfg.run.name
     print(f"[train] {cfg.loss.method} on {cfg.data.shards}: {cfg.optim.epochs} epochs, "
           f"{cfg.scaling.num_workers} worker(s); run folder {cfg.run.storage}/{name}", flush=True)

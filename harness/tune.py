@@ -10,6 +10,7 @@ The run folder gets results.parquet/.csv, curves.parquet, best_config.yaml, best
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -22,7 +23,9 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 from harness.cli_errors import exit_on_user_error  # noqa: E402
 from harness.config import parse_overrides, to_dict  # noqa: E402
 from harness.data_check import is_remote, prepare_paths  # noqa: E402
+from harness.job_paths import keep_out_of_job_copy, outside_job_copy  # noqa: E402
 from harness.objective import rung_epochs  # noqa: E402
+from harness.ray_session import choose_address  # noqa: E402
 from harness.space import Study, load_study  # noqa: E402
 
 DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "tune_spaces" / "demo.yaml"
@@ -56,14 +59,15 @@ def study_location(study: Study, args: argparse.Namespace) -> tuple[str, Path]:
     """(where Tune and Train write: a folder or a bucket URI, the local folder for results).
 
     With a bucket, every node writes checkpoints and trial state there, and the results files
-    are written locally (./runs/NAME) and copied next to them at the end.
+    are written locally (./runs/NAME) and copied next to them at the end. Started by `ray job
+    submit`, a relative storage goes under ~/cmd-harness, not into Ray's temporary copy.
     """
     name = args.name or study.name
     if args.restart:
         name = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    storage = args.storage or study.storage
+    storage = outside_job_copy(args.storage or study.storage)
     if is_remote(storage):
-        return f"{storage.rstrip('/')}/{name}", Path("runs").resolve() / name
+        return f"{storage.rstrip('/')}/{name}", Path(outside_job_copy("runs")).resolve() / name
     local = Path(storage).expanduser().resolve() / name
     return str(local), local
 
@@ -84,8 +88,29 @@ def objective_line(study: Study) -> str:
             f"{study.scheduler.max_t} epochs")
 
 
-def random_init_baseline(study: Study) -> dict[str, float]:
-    """The probe on a randomly initialised backbone: what self-supervision must beat."""
+BASELINE_FILE = "random_init_baseline.json"
+
+
+def baseline_key(study: Study) -> str:
+    """A hash of what the random-init probe depends on: data (and its manifest), model, eval, seed."""
+    base = to_dict(study.base)
+    inputs = {key: base[key] for key in ("data", "model", "eval")} | {"seed": study.base.run.seed}
+    manifest = Path(study.base.data.shards) / "manifest.json"
+    if not is_remote(study.base.data.shards) and manifest.is_file():
+        inputs["manifest"] = hashlib.sha256(manifest.read_bytes()).hexdigest()
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def random_init_baseline(study: Study, folder: Path) -> dict[str, float]:
+    """The probe on a randomly initialised backbone: what self-supervision must beat.
+
+    Kept in the study folder under `baseline_key`, so a resumed or resubmitted study does not
+    measure it again, and a changed data, model or eval config does."""
+    cache = folder / BASELINE_FILE
+    known = json.loads(cache.read_text()) if cache.is_file() else {}
+    key = baseline_key(study)
+    if key in known:
+        return known[key]
     import torch
 
     from cmd_model.backbone import build_backbone
@@ -93,26 +118,30 @@ def random_init_baseline(study: Study) -> dict[str, float]:
 
     torch.manual_seed(study.base.run.seed)
     backbone = build_backbone(study.base.model)
-    return evaluate_backbone(backbone, study.base.data, study.base.eval, torch.device("cpu"),
-                             seed=study.base.run.seed)
+    result = evaluate_backbone(backbone, study.base.data, study.base.eval, torch.device("cpu"),
+                               seed=study.base.run.seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({**known, key: result}, indent=2))
+    return result
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     study = load_study(args.space, parse_overrides(args.overrides))
+    choose_address()  # a dead RAY_ADDRESS ends here, before the demo set or the baseline
     if args.num_samples:
         study.search.num_samples = args.num_samples
+    keep_out_of_job_copy(study.base, "[study]")  # and study_location does the same for --storage
     study.base = prepare_paths(study.base, args.space)
     study.base_dict = to_dict(study.base)
     uri, folder = study_location(study, args)
     print(f"[study] {study.name}: {study.search.num_samples} trials x <= {study.scheduler.max_t} epochs, "
           f"{len(study.space)} parameters, {study.search.max_concurrent} at once; folder {uri}",
           flush=True)
-
     print(f"[study] objective: {objective_line(study)}", flush=True)
 
-    baseline = {} if args.no_baseline else random_init_baseline(study)
+    baseline = {} if args.no_baseline else random_init_baseline(study, folder)
     if baseline:
         print(f"[study] random-init backbone: probe_top1 {baseline['probe_top1']:.4f} "
               f"knn_top1 {baseline['knn_top1']:.4f}", flush=True)
@@ -141,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     tuner.fit()
 
     best = write_results(study, uri, folder)
-    if baseline:
+    if baseline and best:  # no best when every trial errored
         best["random_init"] = baseline
         (folder / "best.json").write_text(json.dumps(best, indent=2))
     write_plots(study, uri, folder)

@@ -20,7 +20,7 @@ import torch
 
 from cmd_model.engine import CMDEngine
 from cmd_model.losses import NonFiniteLossError
-from harness.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from harness.checkpoint import restore_newest_intact, rng_state, save_checkpoint, set_rng_state
 from harness.config import TrainConfig, build_config, to_dict
 from harness.evaluation import evaluate_backbone
 from harness.objective import is_probed
@@ -119,12 +119,14 @@ class TimeMarks:
             self.path.write_text(json.dumps({"marks": self.marks, "epochs": self.epochs}))
 
 
-def _restore(engine: CMDEngine, config: dict[str, Any]) -> dict[str, Any] | None:
+def _restore(engine: CMDEngine, config: dict[str, Any], rank: int) -> dict[str, Any] | None:
+    """The latest checkpoint's state, or the newest intact one when the latest is damaged."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return None
-    with checkpoint.as_directory() as folder:
-        state = load_checkpoint(folder, config)
+    state, fallback = restore_newest_intact(checkpoint, config)
+    if fallback and rank == 0:
+        print(f"[train] {fallback}", flush=True)
     engine.load_state_dict(state["engine"])
     return state
 
@@ -170,7 +172,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     marks.mark("engine_ready")
 
     start_epoch, start_step, best, history = 0, 0, 0.0, []
-    saved = _restore(engine, config)
+    saved = _restore(engine, config, rank)
     if saved is not None:
         start_epoch, start_step = saved["epoch"], saved["step"]
         best, history = saved["best_probe_top1"], list(saved["history"])

@@ -6,6 +6,7 @@ would kill every Ray process on the machine.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -59,12 +60,25 @@ class RayHead:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
-def start_head(num_cpus: int = 2, resources: str | None = None) -> RayHead:
-    """Start a head with the dashboard on (Tune-over-Train needs it) and auth off for tests."""
+def start_head(num_cpus: int = 2, resources: str | None = None, token_auth: bool = False) -> RayHead:
+    """Start a head with the dashboard on (Tune-over-Train needs it) and auth off for tests.
+
+    The head runs as a user whose home is `temp_dir/home`, so what a job writes under `~`
+    (e.g. ~/cmd-harness) stays in the test's folder. With `token_auth`, what a plain
+    `ray start --head` does once ~/.ray/auth_token exists: token auth on, the token in
+    `home/.ray/auth_token`, and `env` carries what a client needs (RAY_AUTH_MODE=token and
+    RAY_AUTH_TOKEN_PATH)."""
     temp_dir = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
     port, dash = free_port(), free_port()
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
+    home = temp_dir / "home"
+    home.mkdir()
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", HOME=str(home),
                PATH=f"{BIN}:{os.environ.get('PATH', '')}")
+    if token_auth:
+        token = home / ".ray" / "auth_token"
+        token.parent.mkdir()
+        token.write_text(secrets.token_hex(32))
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
     # The head's own processes (e.g. Train's placement-group cleaner) must find this instance
     # even when another Ray instance runs on the machine.
     env["RAY_ADDRESS"] = f"127.0.0.1:{port}"
@@ -82,12 +96,15 @@ def start_head(num_cpus: int = 2, resources: str | None = None) -> RayHead:
 
 
 def _wait_dashboard(head: RayHead, timeout: float = 60.0) -> None:
+    import urllib.error
     import urllib.request
 
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
             urllib.request.urlopen(f"{head.dashboard_url}/api/version", timeout=2)
+            return
+        except urllib.error.HTTPError:  # it answers, asking for the token (auth on)
             return
         except OSError:
             time.sleep(1)

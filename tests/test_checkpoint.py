@@ -1,4 +1,5 @@
-"""Run checkpoints: loaded with weights_only, refused for a different model, RNG restored."""
+"""Run checkpoints: loaded with weights_only, refused for a different model or when damaged
+(the newest intact one used instead), RNG restored."""
 from __future__ import annotations
 
 import random
@@ -7,7 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from harness.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from harness.checkpoint import (
+    COMMIT_FILE,
+    DamagedCheckpointError,
+    damage,
+    load_checkpoint,
+    restore_newest_intact,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from harness.config import ConfigError, build_config, to_dict
 
 
@@ -44,3 +54,60 @@ def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
     assert torch.equal(torch.rand(3), expected[0])
     assert np.array_equal(np.random.rand(3), expected[1])
     assert random.random() == expected[2]
+
+
+def test_a_truncated_state_is_refused_as_damaged(tmp_path):
+    save_checkpoint(tmp_path, state_for(to_dict(build_config({}))))
+    size = (tmp_path / "state.pt").stat().st_size
+    with open(tmp_path / "state.pt", "r+b") as f:
+        f.truncate(1000)
+    assert damage(tmp_path) == f"state.pt has 1000 bytes, {size} committed"
+    with pytest.raises(DamagedCheckpointError, match="has 1000 bytes"):
+        load_checkpoint(tmp_path, to_dict(build_config({})))
+
+
+def test_same_size_corruption_and_a_missing_commit_are_damage(tmp_path):
+    save_checkpoint(tmp_path, state_for(to_dict(build_config({}))))
+    assert damage(tmp_path) is None
+    with open(tmp_path / "state.pt", "r+b") as f:
+        f.seek(-10, 2)
+        f.write(b"x" * 10)
+    assert damage(tmp_path) == "state.pt does not match its committed sha256"
+    (tmp_path / COMMIT_FILE).unlink()
+    assert damage(tmp_path) == "no readable commit.json: never committed"
+
+
+def run_with_checkpoints(run_dir, epochs: int) -> list:
+    """Checkpoint folders named the way Ray Train names them (by date and time), oldest first."""
+    config = to_dict(build_config({}))
+    folders = []
+    for epoch in range(1, epochs + 1):
+        folder = run_dir / f"checkpoint_2026-11-30_05-00-0{epoch}.000000"
+        save_checkpoint(folder, {**state_for(config), "epoch": epoch})
+        folders.append(folder)
+    return folders
+
+
+def test_resume_skips_a_damaged_latest_for_the_newest_intact_one(tmp_path):
+    import ray.train
+
+    folders = run_with_checkpoints(tmp_path, 4)
+    latest = folders[2]  # the 4th was never registered by Train: newer than the latest it gives
+    (latest / "state.pt").write_bytes((latest / "state.pt").read_bytes()[:1000])
+    state, line = restore_newest_intact(ray.train.Checkpoint(str(latest)), to_dict(build_config({})))
+    assert state["epoch"] == 2
+    assert line.startswith(f"checkpoint {latest} is damaged (state.pt has 1000 bytes")
+    assert line.endswith(f"resuming from {folders[1]}, the newest intact one")
+
+    intact, line = restore_newest_intact(ray.train.Checkpoint(str(folders[1])), to_dict(build_config({})))
+    assert intact["epoch"] == 2 and line is None
+
+
+def test_no_intact_checkpoint_left_is_one_error(tmp_path):
+    import ray.train
+
+    folders = run_with_checkpoints(tmp_path, 2)
+    for folder in folders:
+        (folder / COMMIT_FILE).unlink()
+    with pytest.raises(DamagedCheckpointError, match="never committed, and no older intact checkpoint"):
+        restore_newest_intact(ray.train.Checkpoint(str(folders[-1])), to_dict(build_config({})))

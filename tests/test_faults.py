@@ -18,15 +18,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
+import pandas as pd
 import psutil
 import pytest
 import torch
 import yaml
 
 from tests.ray_head import BIN, RayHead, free_port
-from tests.tiny import tiny_base
+from tests.tiny import tiny_base, write_tiny_study
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -61,15 +64,36 @@ def registered_checkpoints(run_dir: Path) -> int:
     return len(snapshot.get("checkpoint_results", []))
 
 
+def run_watching(args: list[str], env: dict[str, str], log_path: Path, watch: Callable[[float], None],
+                 limit_s: float) -> tuple[int, str]:
+    """Run a harness command, calling `watch(seconds so far)` twice a second until it ends."""
+    start = time.time()
+    with log_path.open("w+") as log:
+        proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, text=True)
+        try:
+            while proc.poll() is None:
+                assert time.time() - start < limit_s, f"{args[0]} did not finish in {limit_s:.0f} s"
+                watch(time.time() - start)
+                time.sleep(0.5)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        log.seek(0)
+        return proc.returncode, log.read()
+
+
 def ray_address_file() -> Path:
     from ray._common.utils import get_ray_address_file
 
     return Path(get_ray_address_file(None))
 
 
-@pytest.fixture
-def two_node_cluster(monkeypatch):
-    """A head (1 CPU, dashboard on: Train's cleaner needs it) plus one 1-CPU worker node."""
+@contextmanager
+def local_cluster(monkeypatch, head: dict | None = None, worker: dict | None = None):
+    """A head (1 CPU, dashboard on: Train's cleaner needs it) plus one 1-CPU worker node;
+    `head` and `worker` add `ray.cluster_utils.Cluster` node arguments (e.g. resources)."""
     import ray
     from ray.cluster_utils import Cluster
 
@@ -92,10 +116,16 @@ def two_node_cluster(monkeypatch):
             "runtime_env_agent_port": free_port()}
     cluster = Cluster(initialize_head=True, head_node_args={
         **node, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": free_port(),
-        "ray_client_server_port": free_port(), "gcs_server_port": gcs_port})
+        "ray_client_server_port": free_port(), "gcs_server_port": gcs_port, **(head or {})})
+
+    def add_worker():
+        return cluster.add_node(**{**node, "dashboard_agent_listen_port": free_port(),
+                                   "metrics_export_port": free_port(), "runtime_env_agent_port": free_port(),
+                                   **(worker or {})})
+
+    cluster.add_worker = add_worker
     try:
-        cluster.add_node(**{**node, "dashboard_agent_listen_port": free_port(),
-                            "metrics_export_port": free_port(), "runtime_env_agent_port": free_port()})
+        add_worker()
         cluster.wait_for_nodes()
         assert cluster.address == address, (cluster.address, address)
         yield cluster, temp_dir
@@ -110,6 +140,12 @@ def two_node_cluster(monkeypatch):
             address_file.write_text(saved)
 
 
+@pytest.fixture
+def two_node_cluster(monkeypatch):
+    with local_cluster(monkeypatch) as found:
+        yield found
+
+
 def test_killed_train_worker_restarts_from_checkpoint_and_finishes(two_node_cluster, demo_shards, tmp_path):
     cluster, temp_dir = two_node_cluster
     config = tiny_base(demo_shards)
@@ -122,31 +158,23 @@ def test_killed_train_worker_restarts_from_checkpoint_and_finishes(two_node_clus
 
     env = dict(os.environ, RAY_ADDRESS=cluster.address, RAY_AUTH_MODE="disabled",
                PATH=f"{BIN}:{os.environ.get('PATH', '')}")
-    log = (tmp_path / "driver.log").open("w+")
-    driver = subprocess.Popen([sys.executable, "harness/train.py", "--config", str(config_file),
-                               "--name", "fault"], cwd=ROOT, env=env, stdout=log,
-                              stderr=subprocess.STDOUT, text=True)
     seen: set[int] = set()
     killed: int | None = None
-    start = time.time()
-    try:
-        while driver.poll() is None:
-            assert time.time() - start < 300, "the run did not finish in 300 s"
-            workers = cluster_train_workers(temp_dir)
-            seen.update(p.pid for p in workers)
-            if killed is None and registered_checkpoints(run_dir) and len(workers) == 2:
-                victim = workers[-1]
-                victim.send_signal(signal.SIGKILL)
-                killed, killed_at = victim.pid, time.time() - start
-            time.sleep(0.5)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-        log.seek(0)
-        output = log.read()
-        log.close()
+    killed_at = 0.0
 
-    assert driver.returncode == 0, output[-5000:]
+    def kill_a_worker_once(elapsed: float) -> None:
+        nonlocal killed, killed_at
+        workers = cluster_train_workers(temp_dir)
+        seen.update(p.pid for p in workers)
+        if killed is None and registered_checkpoints(run_dir) and len(workers) == 2:
+            victim = workers[-1]
+            victim.send_signal(signal.SIGKILL)
+            killed, killed_at = victim.pid, elapsed
+
+    start = time.time()
+    returncode, output = run_watching(["harness/train.py", "--config", str(config_file), "--name", "fault"],
+                                      env, tmp_path / "driver.log", kill_a_worker_once, limit_s=300)
+    assert returncode == 0, output[-5000:]
     assert killed is not None, f"no checkpoint and 2 workers seen before the run ended:\n{output[-3000:]}"
     # A restart happened: the resumed rank 0 says so, and new worker processes replaced the old ones.
     resumed = re.search(r"\[train\] resumed at epoch (\d+), step (\d+)", output)
@@ -165,3 +193,99 @@ def test_killed_train_worker_restarts_from_checkpoint_and_finishes(two_node_clus
             assert math.isfinite(h[key]), (key, h)
     print(f"killed worker pid {killed} at {killed_at:.0f} s; run took {time.time() - start:.0f} s; "
           f"worker pids seen {sorted(seen)}")
+
+
+def checkpoint_folders(run_dir: Path) -> list[Path]:
+    """The run's checkpoint folders, oldest first (Train names them by date and time)."""
+    return sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())
+
+
+def test_truncated_latest_checkpoint_resumes_from_the_previous_one(ray_head, demo_shards, tmp_path):
+    """A node lost while writing leaves a cut `state.pt`: the rerun resumes from the intact epoch 1."""
+    config = tiny_base(demo_shards)
+    config["run"] = {"storage": str(tmp_path / "runs")}
+    config_file = tmp_path / "cut.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    command = [sys.executable, "harness/train.py", "--config", str(config_file), "--name", "cut"]
+
+    def train(epochs: int) -> str:
+        proc = subprocess.run([*command, f"optim.epochs={epochs}"], cwd=ROOT, env=ray_head.env,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc.stdout
+
+    train(2)
+    run_dir = tmp_path / "runs" / "cut"
+    first, latest = checkpoint_folders(run_dir)
+    with open(latest / "state.pt", "r+b") as f:
+        f.truncate(1000)
+
+    out = train(3)
+    lines = [line[line.index("[train] "):] for line in out.splitlines() if "is damaged" in line]  # no worker prefix
+    assert lines == [f"[train] checkpoint {latest} is damaged (state.pt has 1000 bytes, "
+                     f"{json.loads((latest / 'commit.json').read_text())['bytes']} committed); "
+                     f"resuming from {first}, the newest intact one"], out[-3000:]
+    assert "[train] resumed at epoch 2, step 0" in out, out[-3000:]
+    newest = checkpoint_folders(run_dir)[-1]
+    state = torch.load(newest / "state.pt", weights_only=True)
+    assert state["epoch"] == 3 and [int(h["epoch"]) for h in state["history"]] == [1, 2, 3]
+
+
+def preempt(cluster, node) -> None:
+    """A spot reclaim as Ray sees one: the node is drained for preemption (what a `ray start
+    --block` node does on SIGTERM in Ray 2.60, e.g. a KubeRay pod deleted), then it dies."""
+    from ray._raylet import GcsClient
+    from ray.core.generated import autoscaler_pb2
+
+    deadline_ms = int(time.time() * 1000) + 2000
+    accepted, why = GcsClient(address=cluster.address).drain_node(
+        node.node_id, autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_PREEMPTION"),
+        "spot instance reclaimed", deadline_ms)
+    assert accepted, why
+    time.sleep(2)
+    cluster.remove_node(node, allow_graceful=False)
+
+
+def test_preempted_spot_node_resumes_the_trial_without_using_its_failure_budget(monkeypatch, demo_shards,
+                                                                                 tmp_path):
+    """A Tune trial whose Train worker runs on a spot node; the node is reclaimed mid-trial and a
+    new one joins (as an autoscaler would add it). With `run.max_failures: 0` (no retries for real
+    errors) the trial resumes from its last checkpoint and finishes."""
+    epochs = 4
+    space = write_tiny_study(tmp_path / "spot.yaml", demo_shards, tmp_path / "runs", num_samples=1,
+                             max_t=epochs)
+    study = yaml.safe_load(space.read_text())
+    study["base"]["scaling"].update(resources_per_worker={"spot": 1},
+                                    trial_driver_resources={"CPU": 0, "trial_driver": 0.01})
+    study["base"]["run"] = {"max_failures": 0}
+    space.write_text(yaml.safe_dump(study))
+
+    with local_cluster(monkeypatch, head={"resources": {"trial_driver": 1}},
+                       worker={"resources": {"spot": 1}}) as (cluster, temp_dir):
+        env = dict(os.environ, PATH=f"{BIN}:{os.environ.get('PATH', '')}")
+        spot = cluster.list_all_nodes()[-1]
+        reclaimed = None
+
+        def reclaim_once(elapsed: float) -> None:
+            nonlocal reclaimed
+            runs = list((tmp_path / "runs" / "tiny" / "train").glob("train-*"))
+            if reclaimed is None and runs and registered_checkpoints(runs[0]):
+                preempt(cluster, spot)
+                reclaimed = elapsed
+                cluster.add_worker()  # as an autoscaler would
+
+        start = time.time()
+        returncode, output = run_watching(["harness/tune.py", "--space", str(space), "--no-baseline", "--verbose"],
+                                          env, tmp_path / "study.log", reclaim_once, limit_s=420)
+
+    assert reclaimed is not None, f"no checkpoint before the study ended:\n{output[-3000:]}"
+    assert returncode == 0, output[-5000:]
+    # Train's failure policy put it on the preemption budget (unlimited), not on max_failures; a
+    # node removed without the drain ends this trial as ERROR (seen: "Error count: 1 (max allowed: 0)").
+    assert "Source: preemption" in output, output[-5000:]
+    resumed = re.search(r"\[train\] resumed at epoch (\d+), step (\d+)", output)
+    assert resumed and int(resumed.group(1)) >= 2, output[-5000:]  # from a checkpoint, not from scratch
+    frame = pd.read_parquet(tmp_path / "runs" / "tiny" / "results.parquet")
+    assert frame["status"].tolist() == ["TERMINATED"], frame.T
+    assert frame["epochs"].tolist() == [epochs]
+    print(f"reclaimed the spot node at {reclaimed:.0f} s; the study took {time.time() - start:.0f} s")

@@ -1,0 +1,120 @@
+"""Which Ray a command joins: RAY_ADDRESS must answer, a recorded head only if alive, else private.
+
+A "stale record" is what a `ray start --head` that died without `ray stop` leaves behind: its
+address in `<Ray temp dir>/ray_current_cluster`. The tests write one in a private temp dir
+(RAY_TMPDIR), so no other Ray on the machine is involved.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.ray_session import RayUnreachableError, choose_address
+from tests.ray_head import free_port
+from tests.tiny import tiny_base, write_tiny_study
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def ray_tmpdir(monkeypatch):
+    """A private Ray temp dir (short: Ray's socket paths must fit 107 bytes), no RAY_ADDRESS."""
+    folder = Path(tempfile.mkdtemp(prefix="rs", dir="/tmp"))
+    monkeypatch.setenv("RAY_TMPDIR", str(folder))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    yield folder
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def record(tmpdir: Path, address: str) -> None:
+    """What `ray start --head` writes (ray._private.utils.write_ray_address)."""
+    (tmpdir / "ray").mkdir(exist_ok=True)
+    (tmpdir / "ray" / "ray_current_cluster").write_text(address)
+
+
+def test_dead_ray_address_is_a_one_line_error_naming_it(monkeypatch):
+    dead = f"127.0.0.1:{free_port()}"
+    monkeypatch.setenv("RAY_ADDRESS", dead)
+    with pytest.raises(RayUnreachableError, match=f"RAY_ADDRESS={dead}: no Ray head answers"):
+        choose_address()
+
+
+def test_stale_record_starts_a_private_instance_and_says_why(ray_tmpdir):
+    dead = f"127.0.0.1:{free_port()}"
+    record(ray_tmpdir, dead)
+    address, line = choose_address()
+    assert address == "local"
+    assert f"head recorded at {dead}" in line and "does not answer" in line
+
+
+def test_live_recorded_head_is_joined(ray_tmpdir):
+    with socket.socket() as listener:  # something answering on the recorded port
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        live = f"127.0.0.1:{listener.getsockname()[1]}"
+        record(ray_tmpdir, live)
+        assert choose_address() == ("auto", f"[ray] attached to the Ray head started on this machine at {live}")
+
+
+def test_no_record_starts_a_private_instance(ray_tmpdir):
+    assert choose_address() == ("local", "[ray] started a private local Ray instance")
+
+
+def test_ray_address_local_is_private_even_with_a_live_record(ray_tmpdir, monkeypatch):
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        record(ray_tmpdir, f"127.0.0.1:{listener.getsockname()[1]}")
+        monkeypatch.setenv("RAY_ADDRESS", "local")
+        assert choose_address()[0] == "local"
+
+
+def cli(args: list[str], env: dict[str, str], timeout: int) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    return proc, time.monotonic() - start
+
+
+@pytest.mark.parametrize("script", ["harness/train.py", "harness/tune.py"])
+def test_commands_end_in_one_line_when_ray_address_is_dead(script):
+    dead = f"127.0.0.1:{free_port()}"
+    env = dict(os.environ, RAY_ADDRESS=dead)
+    proc, seconds = cli([script], env, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: RAY_ADDRESS={dead}: no Ray head answers there within 5 s; start the head "
+        "(`ray start --head`), fix the address, or unset RAY_ADDRESS to run on a private local Ray instance"]
+    assert seconds < 30, seconds  # before the demo set, the baseline or Ray start
+
+
+@pytest.mark.slow
+def test_train_and_tune_run_privately_past_a_stale_record(ray_tmpdir, demo_shards, tmp_path):
+    dead = f"127.0.0.1:{free_port()}"
+    record(ray_tmpdir, dead)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    config = tiny_base(demo_shards)
+    config["optim"]["epochs"] = 1
+    config["run"] = {"storage": str(tmp_path / "runs")}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    expected = f"[ray] started a private local Ray instance (the head recorded at {dead}"
+
+    train, _ = cli(["harness/train.py", "--config", str(tmp_path / "tiny.yaml"), "--name", "t"], env, 600)
+    assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
+    assert expected in train.stdout and "[train] done: probe_top1" in train.stdout
+
+    space = write_tiny_study(tmp_path / "study.yaml", demo_shards, tmp_path / "runs", num_samples=1)
+    tune, _ = cli(["harness/tune.py", "--space", str(space), "--no-baseline"], env, 600)
+    assert tune.returncode == 0, tune.stdout[-3000:] + tune.stderr[-3000:]
+    assert expected in tune.stdout
+    assert (tmp_path / "runs" / "tiny" / "results.parquet").is_file()
