@@ -23,6 +23,7 @@ from cmd_model.losses import NonFiniteLossError
 from harness.checkpoint import restore_newest_intact, rng_state, save_checkpoint, set_rng_state
 from harness.config import TrainConfig, build_config, to_dict
 from harness.evaluation import evaluate_backbone
+from harness.gpu_check import require_usable_gpu
 from harness.objective import is_probed
 from shards.augment import to_model_input
 from shards.pipeline import steps_per_epoch, train_loader
@@ -154,6 +155,8 @@ def _progress_line(epoch: int, epochs: int, metrics: dict[str, float]) -> str:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point: `config` is `to_dict(TrainConfig)`, already validated."""
     cfg: TrainConfig = build_config(config, source="train_loop_config")
+    if cfg.scaling.use_gpu:  # a driver too old for this torch fails here in one line, not mid-step
+        require_usable_gpu()
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     marks = TimeMarks(cfg.run.storage, context.get_experiment_name(), rank)

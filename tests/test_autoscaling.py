@@ -1,9 +1,13 @@
 """Autoscaling on this machine with Ray's fake multi-node provider (cluster/fake-multinode.yaml).
 
-The head has no CPUs for work (like the cloud configs' head), so anything that needs a CPU
-makes the autoscaler start "worker nodes" (local Ray processes). The tests record how many
-nodes are alive, once a second, and assert on that timeline: 1 node (the head) at the start,
-head + 2 workers while work is queued, back to the head alone after the idle timeout.
+The head has no CPUs for work and alone holds `trial_driver` (like the cloud configs' head), so
+a study's Train workers make the autoscaler start "GPU-like worker nodes" (local Ray
+processes). The test records which nodes are alive, once a second, and asserts on that
+timeline: the head alone at the start, exactly head + one node of each worker type at the
+peak (as many as the study runs at once), the head alone again after the idle timeout. It also
+checks where every trial driver and Train controller ran (the node of the raylet above each
+process: the head, never a worker type) and measures their peak memory against the
+reservation the real studies make.
 
 Isolation: the head runs on its own ports with its own --temp-dir, in a new session, and the
 tests stop exactly the processes of that session (never `ray stop`, which would stop every Ray
@@ -134,7 +138,8 @@ class FakeCluster:
         config_path.write_text(json.dumps(self.config))
 
         head = self.config["available_node_types"][self.config["head_node_type"]]["resources"]
-        custom = {k: v for k, v in head.items() if k not in ("CPU", "GPU")}
+        custom = {k: v for k, v in head.items() if k not in ("CPU", "GPU", "memory")}
+        memory = [f"--memory={head['memory']}"] if "memory" in head else []
         cmd = [
             str(BIN / "ray"), "start", "--head",
             f"--port={gcs_port}",
@@ -147,6 +152,7 @@ class FakeCluster:
             f"--num-cpus={head.get('CPU', 0)}",
             f"--num-gpus={head.get('GPU', 0)}",
             f"--resources={json.dumps(custom)}",
+            *memory,
             f"--temp-dir={self.root / 'ray'}",
             f"--autoscaling-config={config_path}",
             "--disable-usage-stats",
@@ -177,14 +183,21 @@ class FakeCluster:
         return members + _processes_mentioning(str(self.root))
 
 
+def _node_kind(info) -> str:
+    """'head', or the worker type named by the node's `node-type` label (fake-multinode.yaml)."""
+    return "head" if info.is_head_node else dict(info.labels).get("node-type", "unlabelled")
+
+
 class NodeTimeline(threading.Thread):
-    """Alive-node count of the cluster, sampled once a second from the GCS."""
+    """Alive nodes of the cluster by kind, sampled once a second from the GCS."""
 
     def __init__(self, gcs_address: str, period_s: float = 1.0):
         super().__init__(daemon=True)
         self.gcs_address = gcs_address
         self.period_s = period_s
         self.samples: list[tuple[float, int]] = []
+        self.kinds: list[tuple[float, dict[str, int]]] = []
+        self.head_node_id = ""
         self.errors: list[str] = []
         self.t0 = time.monotonic()
         self._stop_event = threading.Event()
@@ -197,8 +210,15 @@ class NodeTimeline(threading.Thread):
         while not self._stop_event.is_set():
             try:
                 infos = client.get_all_node_info(timeout=5)
-                alive = sum(1 for info in infos.values() if info.state == GcsNodeInfo.ALIVE)
-                self.samples.append((round(time.monotonic() - self.t0, 1), alive))
+                alive = [info for info in infos.values() if info.state == GcsNodeInfo.ALIVE]
+                t = round(time.monotonic() - self.t0, 1)
+                kinds: dict[str, int] = {}
+                for info in alive:
+                    kinds[_node_kind(info)] = kinds.get(_node_kind(info), 0) + 1
+                    if info.is_head_node:
+                        self.head_node_id = info.node_id.hex()
+                self.kinds.append((t, kinds))
+                self.samples.append((t, len(alive)))
             except Exception as e:  # noqa: BLE001 - a missed sample is not a failure
                 self.errors.append(repr(e))
             self._stop_event.wait(self.period_s)
@@ -274,12 +294,13 @@ def _report(name: str, timeline: NodeTimeline, since: float, done: float) -> str
 
 
 # ---------------------------------------------------------------------------------------
-# 2. The same with a real (tiny) study: `python harness/tune.py` against the cluster
+# A real (tiny) study: `python harness/tune.py` against the cluster
 
 
 TINY_SPACE = """\
 # A two-trial study sized for the fake cluster: each trial's one Train worker needs 1 CPU, the
-# head has none, so both trials wait for the autoscaler; trial drivers sit on `trial_driver`.
+# head has none, so both trials wait for the autoscaler; their drivers make the same request
+# as the real studies' (tune_spaces/cub.yaml), which only the head can hold.
 base: {base}  # the tests' tiny training config (tests/tiny.py)
 space:
   loss.mil_weight: {{type: uniform, low: 0.5, high: 1.5}}
@@ -288,34 +309,106 @@ mode: max
 search: {{sampler: tpe, num_samples: 2, max_concurrent: 2, seed: 0}}
 scheduler: {{type: asha, max_t: 1, grace_period: 1, reduction_factor: 2}}
 scaling: {{num_workers: 1, use_gpu: false, cpus_per_worker: 1, gpus_per_worker: 0,
-          trial_driver_resources: {{trial_driver: 0.01}}}}
+          trial_driver_resources: {drivers}}}
 """
+DRIVER_TITLES = ("ray::ImplicitFunc", "ray::TrainController")  # a trial driver, its controller
+
+
+def _raylet_node_id(process) -> str:
+    """The node a Ray worker process belongs to: the --node_id of the raylet above it."""
+    for ancestor in process.parents():
+        for arg in ancestor.cmdline():
+            if arg.startswith("--node_id="):
+                return arg.split("=", 1)[1]
+    return ""
+
+
+class PeakMemory(threading.Thread):
+    """Peak RSS per process title among the cluster's processes (all nodes run on this machine),
+    and the nodes those processes ran on."""
+
+    def __init__(self, sid: int, titles: tuple[str, ...]):
+        super().__init__(daemon=True)
+        self.sid, self.titles = sid, titles
+        self.peak: dict[str, int] = {}
+        self.nodes: dict[str, set[str]] = {}
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        while not self._stop_event.is_set():
+            for pid in _session_members(self.sid):
+                try:
+                    process = psutil.Process(pid)
+                    title, rss = process.cmdline()[0], process.memory_info().rss
+                except (psutil.Error, IndexError):
+                    continue
+                for prefix in self.titles:
+                    if title.startswith(prefix):
+                        self.peak[prefix] = max(self.peak.get(prefix, 0), rss)
+                        try:
+                            self.nodes.setdefault(prefix, set()).add(_raylet_node_id(process))
+                        except psutil.Error:
+                            pass
+            self._stop_event.wait(0.5)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=10)
 
 
 @pytest.mark.timeout(1800)
-def test_study_scales_workers_from_zero_and_back(fake_cluster, tmp_path):
+def test_study_scales_gpu_like_workers_from_zero_and_back_with_drivers_on_the_head(fake_cluster, tmp_path):
     cluster, timeline = fake_cluster
     assert timeline.wait_for(1, SCALE_DOWN_TIMEOUT_S) is not None, \
         f"head not alone at start: {timeline.changes()}"
     start = timeline.now()
 
+    cub = yaml.safe_load((REPO / "tune_spaces" / "cub.yaml").read_text())
+    drivers = cub["scaling"]["trial_driver_resources"]  # CPU 0, measured memory, trial_driver
     space = tmp_path / "space.yaml"
     base = tiny_base(tmp_path / "shards")
     base["data"]["demo"] = True  # tune.py generates the demo shards before the study
-    space.write_text(TINY_SPACE.format(base=json.dumps(base)))
+    space.write_text(TINY_SPACE.format(base=json.dumps(base), drivers=json.dumps(drivers)))
     env = cluster.env()
     env["RAY_ADDRESS"] = cluster.gcs_address
     cmd = [sys.executable, "harness/tune.py", "--space", str(space),
            "--name", "autoscaling", "--storage", str(tmp_path / "runs"), "--no-baseline"]
-    result = _run(cmd, env, 1200, REPO)
+    memory = PeakMemory(cluster.sid, DRIVER_TITLES)
+    memory.start()
+    try:
+        result = _run(cmd, env, 1200, REPO)
+    finally:
+        memory.stop()
     done = timeline.now()
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert list((tmp_path / "runs").rglob("results.parquet")), "no results.parquet written"
 
     gone = timeline.wait_for(1, SCALE_DOWN_TIMEOUT_S)
     line = _report("tune.py study", timeline, start, done)
-    counts = [n for t, n in timeline.samples if t >= start]
-    assert counts[0] == 1, line
-    assert max(counts) >= 2, line  # at least one worker was added for the trials
-    assert max(counts) <= 3, line
+    kinds = [k for t, k in timeline.kinds if t >= start]
+    print(f"peak RSS (MiB): { {k: v // 2**20 for k, v in memory.peak.items()} }")
+
+    # The head is there throughout; the worker types start at 0 and end at 0.
+    assert all(k.get("head") == 1 for k in kinds), line
+    assert kinds[0] == {"head": 1}, line
     assert gone is not None, f"workers not released {SCALE_DOWN_TIMEOUT_S} s after the study: {line}"
-    assert list((tmp_path / "runs").rglob("results.parquet")), "no results.parquet written"
+    assert timeline.kinds[-1][1] == {"head": 1}, line
+    # Peak: both trials at once (the head holds exactly two drivers' memory), one 1-CPU Train
+    # worker each, so one node of each worker type (max_workers 1 per type) and no more.
+    peak = max(kinds, key=lambda k: sum(k.values()))
+    assert peak == {"head": 1, "gpu_like_ondemand": 1, "gpu_like_spot": 1}, line
+    assert max(sum(k.values()) for k in kinds) == 3, line
+
+    # Every trial driver and Train controller ran on the head (their raylet is the head's).
+    assert timeline.head_node_id
+    for title in DRIVER_TITLES:
+        assert memory.nodes.get(title) == {timeline.head_node_id}, \
+            f"{title} ran on {memory.nodes.get(title)}, head is {timeline.head_node_id}"
+
+    # The reservation covers what a driver and its controller really use.
+    assert set(memory.peak) == set(DRIVER_TITLES), memory.peak
+    used = sum(memory.peak.values())
+    assert used <= drivers["memory"], \
+        f"driver + controller peak {used / 2**20:.0f} MiB > reserved {drivers['memory'] / 2**20:.0f} MiB"

@@ -1,23 +1,27 @@
-"""The cluster configs in cluster/: checked with Ray's own launcher schema and validator, and the
-KubeRay manifests field by field (no schema ships with Ray). Fast: no Ray cluster is started.
+"""The cluster files in cluster/, checked against what reads them: Ray 2.60's launcher schema and
+validator, KubeRay's v1 CRD schemas (../shared/kuberay-crds/), Ray's own node-provider source
+(which cloud API calls the head makes, so which permissions the policies in cluster/iam/ must
+grant), the Dockerfile's CUDA variant against the node images' drivers, and the study YAMLs'
+resource requests against each node type. Fast: no Ray cluster is started.
 
-What is enforced, for every launcher YAML and every Ray cluster in the KubeRay manifests:
-  - the head runs no training (0 CPUs for tasks, no GPU) and holds `trial_driver`;
-  - GPU worker types/groups start at 0 and scale out; both on-demand and spot exist, and only
-    the on-demand ones (and the head) offer `trial_driver`;
-  - an idle timeout brings the cluster back to zero workers;
-  - RAY_AUTH_MODE=token on every node, the token read from a secret store, never written here;
-  - nothing in cluster/ looks like a credential; dashboard/GCS are never published.
+What only a real cloud can show (image pulls, IAM evaluation by AWS/GCP, the operator's own
+behaviour) is listed in cluster/README.md, "What was verified where".
 """
 from __future__ import annotations
 
+import ast
 import copy
+import fnmatch
+import functools
 import json
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
+
+from harness.gpu_check import MIN_DRIVER_FOR_CUDA_MAJOR, gpu_stack_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
@@ -25,14 +29,24 @@ LAUNCHER_YAMLS = [CLUSTER / "aws-gpu.yaml", CLUSTER / "gcp-gpu.yaml"]
 FAKE_YAML = CLUSTER / "fake-multinode.yaml"
 KUBERAY = CLUSTER / "kuberay"
 KUBERAY_YAMLS = sorted(KUBERAY.glob("*.yaml"))
+IAM = CLUSTER / "iam"
 RAY_KINDS = {"RayCluster", "RayJob", "RayService"}
 PRIVATE_PORTS = {6379, 8265, 10001}  # GCS, dashboard + job API, Ray Client
+STUDY_SPACES = [ROOT / "tune_spaces" / f"{name}.yaml" for name in ("cub", "cars", "aircraft")]
+PROJECT_VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 
 
 def ray_version() -> str:
     import ray
 
     return ray.__version__
+
+
+def ray_source(relative: str) -> str:
+    """Text of a module of the installed Ray (read, not imported: cloud SDKs are not installed)."""
+    import ray
+
+    return (Path(ray.__file__).parent / relative).read_text()
 
 
 def load(path: Path) -> dict:
@@ -73,11 +87,6 @@ def launcher(request) -> tuple[Path, dict]:
     return request.param, load(request.param)
 
 
-def test_launcher_yamls_exist():
-    for path in LAUNCHER_YAMLS:
-        assert path.is_file(), path
-
-
 def test_launcher_yaml_passes_rays_validator(launcher):
     from ray.autoscaler._private.util import prepare_config, validate_config
 
@@ -95,61 +104,57 @@ def test_resource_counts_are_integers(launcher):
             assert count >= 0
 
 
-def test_head_runs_no_training_and_holds_trial_drivers(launcher):
+def test_only_the_head_holds_trial_drivers_and_it_runs_no_training(launcher):
+    """A driver on a GPU node would keep it from idling out (and die with a spot node)."""
     path, cfg = launcher
     head = cfg["available_node_types"][cfg["head_node_type"]]
     assert head["resources"].get("CPU") == 0, f"{path.name}: the head must offer 0 CPUs to tasks"
     assert head["resources"].get("GPU", 0) == 0, f"{path.name}: the head must have no GPU"
     assert head["resources"].get("trial_driver", 0) >= 1, f"{path.name}: head needs `trial_driver`"
     assert head.get("max_workers", 0) == 0
+    for name, node_type in worker_types(cfg).items():
+        assert "trial_driver" not in node_type["resources"], f"{path.name}: {name} offers `trial_driver`"
 
 
-def test_gpu_workers_autoscale_from_zero(launcher):
+def test_gpu_workers_autoscale_from_zero_on_demand_and_spot(launcher):
     path, cfg = launcher
     workers = worker_types(cfg)
-    assert workers, path.name
-    gpus = set()
+    gpus, spot = set(), set()
     for name, node_type in workers.items():
         assert node_type.get("min_workers", 0) == 0, f"{path.name}: {name} must start at 0 workers"
         assert node_type.get("max_workers", 0) >= 1, f"{path.name}: {name} cannot scale out"
         assert node_type["resources"].get("GPU", 0) >= 1, f"{path.name}: {name} has no GPU"
         assert node_type["resources"].get("CPU", 0) >= 1, f"{path.name}: {name} has no CPUs"
         gpus.add(node_type["resources"]["GPU"])
+        spot.add(is_spot(node_type["node_config"]))
     assert {1, 8} <= gpus, f"{path.name}: expected 1-GPU and 8-GPU worker types, got {gpus}"
+    assert spot == {True, False}, f"{path.name}: need both spot and on-demand types"
     assert cfg.get("max_workers", 0) >= max(t["max_workers"] for t in workers.values())
-
-
-def test_spot_and_on_demand_types_and_trial_driver_placement(launcher):
-    path, cfg = launcher
-    spot, on_demand = [], []
-    for name, node_type in worker_types(cfg).items():
-        has_driver = node_type["resources"].get("trial_driver", 0) > 0
-        if is_spot(node_type["node_config"]):
-            spot.append(name)
-            assert not has_driver, f"{path.name}: spot type {name} must not offer `trial_driver`"
-        else:
-            on_demand.append(name)
-            assert has_driver, f"{path.name}: on-demand type {name} must offer `trial_driver`"
-    assert spot and on_demand, f"{path.name}: need both spot {spot} and on-demand {on_demand} types"
 
 
 def test_idle_timeout_scales_to_zero(launcher):
     path, cfg = launcher
     timeout = cfg.get("idle_timeout_minutes")
     assert isinstance(timeout, (int, float)) and 0 < timeout <= 30, f"{path.name}: idle timeout {timeout}"
-    if cfg["provider"]["type"] == "aws":  # stopped instances would keep disks (and cost)
-        assert cfg["provider"].get("cache_stopped_nodes") is False
+    # stopped instances would keep their disks (and cost); the policies grant no stop/start
+    assert cfg["provider"].get("cache_stopped_nodes", False) is False
 
 
-def test_project_is_installed_on_every_node(launcher):
+def project_image_name(image: str) -> tuple[str, str]:
+    repository, _, tag = image.rpartition(":")
+    return repository.rsplit("/", 1)[-1], tag
+
+
+def test_every_node_runs_the_project_image(launcher):
+    """The image of cluster/Dockerfile (its CUDA_VARIANT), tagged with the project's version:
+    no per-node pip install that could resolve another torch build."""
     path, cfg = launcher
-    mounts = cfg.get("file_mounts") or {}
-    repo_targets = [remote for remote, local in mounts.items() if local in (".", "./")]
-    assert repo_targets, f"{path.name}: the repository is not copied to the nodes"
-    setup = " ".join(cfg.get("setup_commands") or [])
-    assert "pip install" in setup and repo_targets[0] in setup, f"{path.name}: not installed: {setup}"
-    image = (cfg.get("docker") or {}).get("image", "")
-    assert ray_version() in image, f"{path.name}: image {image!r} is not Ray {ray_version()}"
+    image = cfg["docker"]["image"]
+    assert project_image_name(image) == ("cmd-harness", PROJECT_VERSION), f"{path.name}: {image}"
+    assert not any("pip install" in c for c in cfg.get("setup_commands") or []), path.name
+    assert not any(v in (".", "./") for v in (cfg.get("file_mounts") or {}).values()), path.name
+    for key in ("head_image", "worker_image"):
+        assert key not in cfg["docker"], f"{path.name}: docker.{key} overrides the project image"
 
 
 def test_token_auth_on_every_node(launcher):
@@ -171,25 +176,6 @@ def test_token_auth_on_every_node(launcher):
         assert fetch in commands, f"{path.name}: {name} does not fetch the token ({fetch})"
 
 
-def test_storage_identity_is_named(launcher):
-    """Each node type runs as a named IAM instance profile / service account (bucket access)."""
-    path, cfg = launcher
-    identities = {}
-    for name, node_type in cfg["available_node_types"].items():
-        node_config = node_type["node_config"]
-        if cfg["provider"]["type"] == "aws":
-            profile = node_config.get("IamInstanceProfile") or {}
-            identities[name] = profile.get("Name") or profile.get("Arn")
-        else:
-            accounts = node_config.get("serviceAccounts") or [{}]
-            identities[name] = accounts[0].get("email")
-            assert "https://www.googleapis.com/auth/cloud-platform" in accounts[0].get("scopes", [])
-        assert identities[name], f"{path.name}: {name} has no IAM profile / service account"
-    head = identities[cfg["head_node_type"]]
-    assert all(v != head for k, v in identities.items() if k != cfg["head_node_type"]), \
-        f"{path.name}: workers should not run with the head's (EC2/Compute-admin) identity"
-
-
 def test_dashboard_and_gcs_not_published(launcher):
     path, cfg = launcher
     rules = (cfg["provider"].get("security_group") or {}).get("IpPermissions") or []
@@ -198,8 +184,7 @@ def test_dashboard_and_gcs_not_published(launcher):
         opened = set(range(low, high + 1)) if low >= 0 else PRIVATE_PORTS
         assert not opened & PRIVATE_PORTS, f"{path.name}: security group opens {opened & PRIVATE_PORTS}"
     for command in cfg["head_start_ray_commands"]:
-        # Ray Client / GCS on a public address would be reachable only through a rule above;
-        # a different head port would not match the workers' --address.
+        # a different head port would not match the workers' --address
         if "ray start" in command:
             assert "--port=6379" in command
 
@@ -218,30 +203,338 @@ def test_fake_multinode_config_mirrors_the_cloud_layout():
     assert head["resources"]["CPU"] == 0 and head["resources"]["trial_driver"] >= 1
     workers = worker_types(cfg)
     assert all(t["min_workers"] == 0 for t in workers.values())
+    assert all("trial_driver" not in t["resources"] for t in workers.values())
     assert sum(t["max_workers"] for t in workers.values()) == cfg["max_workers"] == 2
-    assert sorted(bool(t["resources"].get("trial_driver")) for t in workers.values()) == [False, True]
     assert cfg["idle_timeout_minutes"] < 1
 
 
 # ---------------------------------------------------------------------------------------
-# KubeRay manifests
+# CUDA: one variant in cluster/Dockerfile, run by the drivers of the node images
+
+
+def dockerfile_args() -> dict[str, str]:
+    text = (CLUSTER / "Dockerfile").read_text()
+    return dict(re.findall(r"(?m)^ARG\s+(\w+)=(\S+)\s*$", text))
+
+
+def test_dockerfile_states_one_cuda_variant_for_base_image_and_torch():
+    text = (CLUSTER / "Dockerfile").read_text()
+    variant = dockerfile_args().get("CUDA_VARIANT", "")
+    assert re.fullmatch(r"cu\d{3}", variant), f"CUDA_VARIANT={variant!r}"
+    froms = re.findall(r"(?m)^FROM\s+(\S+)", text)
+    assert froms == [f"rayproject/ray:{ray_version()}-py311-${{CUDA_VARIANT}}"], froms
+    indexes = re.findall(r"--index-url\s+\"?(\S+?)\"?\s", text)
+    assert indexes == ["https://download.pytorch.org/whl/${CUDA_VARIANT}"], indexes
+    # the build itself refuses a torch built for another CUDA
+    assert re.search(r"torch\.version\.cuda.*\n?.*sys\.exit", text)
+    assert "RAY_AUTH_TOKEN" not in text and not re.search(r"(?m)^\s*ENV\s+.*(SECRET|PASSWORD|KEY)=", text)
+    ignore = (CLUSTER / "Dockerfile.dockerignore").read_text().split()
+    assert {".git", ".venv", "data", "runs"} <= set(ignore)
+
+
+# The NVIDIA driver of each config's GPU node image (vendor release notes; only a real node shows
+# the exact version). If a config moves to another image family, this table must be re-checked.
+NODE_IMAGE_DRIVERS = {
+    "aws-gpu.yaml": ("base-oss-nvidia-driver-gpu-ubuntu-22.04", "535.0"),
+    "gcp-gpu.yaml": ("common-cu124-ubuntu-2204", "550.0"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NODE_IMAGE_DRIVERS))
+def test_node_image_driver_runs_the_images_torch(name):
+    family, driver = NODE_IMAGE_DRIVERS[name]
+    cfg = load(CLUSTER / name)
+    for node_type, spec in worker_types(cfg).items():
+        assert family in json.dumps(spec["node_config"]), f"{name}: {node_type} left image family {family}"
+    variant = dockerfile_args()["CUDA_VARIANT"]
+    cuda = f"{variant[2:-1]}.{variant[-1]}"  # cu128 -> 12.8
+    assert int(cuda.split(".")[0]) in MIN_DRIVER_FOR_CUDA_MAJOR
+    assert gpu_stack_problem(driver, cuda, "torch", True) is None, \
+        f"{name}: driver {driver} cannot run the image's torch ({variant})"
+
+
+# ---------------------------------------------------------------------------------------
+# Permissions: the policies in cluster/iam/ against the calls Ray's node providers make
+
+
+def statements(policy: dict) -> list[dict]:
+    out = []
+    for statement in policy["Statement"]:
+        listed = {k: ([v] if isinstance(v, str) else v) for k, v in statement.items()
+                  if k in ("Action", "Resource")}
+        out.append({**statement, **listed})
+    return out
+
+
+def allows(policy: dict, action: str, resource: str, context: dict[str, str] | None = None) -> bool:
+    """IAM's Allow evaluation for the subset these policies use (wildcards, StringEquals)."""
+    context = context or {}
+    for s in statements(policy):
+        if s["Effect"] != "Allow" or not any(fnmatch.fnmatchcase(action, a) for a in s["Action"]):
+            continue
+        if not any(fnmatch.fnmatchcase(resource, r) for r in s["Resource"]):
+            continue
+        conditions = s.get("Condition", {})
+        assert set(conditions) <= {"StringEquals"}, conditions
+        if all(context.get(k) == v for k, v in conditions.get("StringEquals", {}).items()):
+            return True
+    return False
+
+
+def aws_policy(name: str) -> dict:
+    return json.loads((IAM / "aws" / f"{name}.json").read_text())
+
+
+# boto3 calls in ray/autoscaler/_private/aws/node_provider.py -> the IAM action each needs, and
+# whether the head makes it with this config (cache_stopped_nodes false, no CloudWatch agent,
+# every node type's resources given so `ray up` never asks EC2 for instance types).
+AWS_CALLS = {
+    "create_instances": ("ec2:RunInstances", True),
+    "create_tags": ("ec2:CreateTags", True),
+    "terminate_instances": ("ec2:TerminateInstances", True),
+    ".terminate()": ("ec2:TerminateInstances", True),
+    "instances.filter": ("ec2:DescribeInstances", True),
+    "stop_instances": ("ec2:StopInstances", False),
+    "start_instances": ("ec2:StartInstances", False),
+    ".stop()": ("ec2:StopInstances", False),
+    "describe_images": ("ec2:DescribeImages", False),
+    "describe_instance_types": ("ec2:DescribeInstanceTypes", False),
+}
+
+
+def aws_calls_in_ray() -> set[str]:
+    source = ray_source("autoscaler/_private/aws/node_provider.py")
+    calls = set(re.findall(r"\.meta\.client\.(\w+)", source))
+    calls |= set(re.findall(r"\bec2\w*\.(create_instances|describe_\w+)\(", source))
+    calls |= {"instances.filter"} if re.search(r"\.instances\.filter\(", source) else set()
+    return calls | {m for m in (".terminate()", ".stop()") if m in source}
+
+
+def test_aws_calls_of_rays_node_provider_are_the_known_ones():
+    """If Ray's provider starts calling another EC2 API, the head policy must be re-derived."""
+    calls = aws_calls_in_ray()
+    assert calls <= set(AWS_CALLS), f"unknown EC2 calls: {calls - set(AWS_CALLS)}"
+    assert {"create_instances", "create_tags", "terminate_instances", "instances.filter"} <= calls
+    cfg = load(CLUSTER / "aws-gpu.yaml")
+    assert "cloudwatch" not in cfg["provider"]
+    assert all(t.get("resources") for t in cfg["available_node_types"].values())
+
+
+def test_aws_head_policy_grants_what_the_autoscaler_calls_for_this_cluster_only():
+    from ray.autoscaler.tags import TAG_RAY_CLUSTER_NAME
+
+    cfg = load(CLUSTER / "aws-gpu.yaml")
+    head, region = aws_policy("head-policy"), cfg["provider"]["region"]
+    instance = f"arn:aws:ec2:{region}:ACCOUNT_ID:instance/i-0123456789abcdef0"
+    ours = {f"ec2:ResourceTag/{TAG_RAY_CLUSTER_NAME}": cfg["cluster_name"]}
+    theirs = {f"ec2:ResourceTag/{TAG_RAY_CLUSTER_NAME}": "someone-else"}
+    launch = {f"aws:RequestTag/{TAG_RAY_CLUSTER_NAME}": cfg["cluster_name"], "ec2:CreateAction": "RunInstances"}
+    for action, needed in set(AWS_CALLS.values()):
+        if action == "ec2:RunInstances":
+            granted = allows(head, action, instance, launch)
+        elif action == "ec2:DescribeInstances":
+            granted = allows(head, action, "*")
+        else:
+            granted = allows(head, action, instance, ours)
+        assert granted == needed, f"head policy: {action} {'missing' if needed else 'not needed'}"
+    assert allows(head, "ec2:CreateTags", instance, launch)  # tags on create
+    assert not allows(head, "ec2:TerminateInstances", instance, theirs)
+    assert not allows(head, "ec2:CreateTags", instance, theirs)
+    assert not allows(head, "ec2:RunInstances", instance,
+                      {f"aws:RequestTag/{TAG_RAY_CLUSTER_NAME}": "someone-else"})
+    for kind in ("subnet", "network-interface", "security-group", "volume", "key-pair",
+                 "spot-instances-request"):
+        assert allows(head, "ec2:RunInstances", f"arn:aws:ec2:{region}:ACCOUNT_ID:{kind}/x"), kind
+    assert allows(head, "ec2:RunInstances", f"arn:aws:ec2:{region}::image/ami-0123456789abcdef0")
+
+
+def test_aws_head_can_resolve_every_ssm_image_id_and_pass_only_the_worker_role():
+    """EC2 resolves `ImageId: resolve:ssm:...` with the caller's (the head's) ssm:GetParameters."""
+    cfg = load(CLUSTER / "aws-gpu.yaml")
+    head, region = aws_policy("head-policy"), cfg["provider"]["region"]
+    images = {t["node_config"]["ImageId"] for t in worker_types(cfg).values()}
+    assert all(i.startswith("resolve:ssm:") for i in images), images
+    for image in images:
+        arn = f"arn:aws:ssm:{region}::parameter{image.removeprefix('resolve:ssm:')}"
+        assert allows(head, "ssm:GetParameters", arn), f"head cannot resolve {image}"
+    roles = {t["node_config"]["IamInstanceProfile"]["Name"] for t in worker_types(cfg).values()}
+    assert roles == {"cmd-harness-ray-worker"}, roles
+    ec2 = {"iam:PassedToService": "ec2.amazonaws.com"}
+    assert allows(head, "iam:PassRole", "arn:aws:iam::ACCOUNT_ID:role/cmd-harness-ray-worker", ec2)
+    assert not allows(head, "iam:PassRole", "arn:aws:iam::ACCOUNT_ID:role/cmd-harness-ray-head", ec2)
+    assert not allows(head, "iam:PassRole", "arn:aws:iam::ACCOUNT_ID:role/cmd-harness-ray-worker",
+                      {"iam:PassedToService": "lambda.amazonaws.com"})
+
+
+def test_aws_worker_policy_is_storage_token_and_image_only():
+    cfg = load(CLUSTER / "aws-gpu.yaml")
+    worker, region = aws_policy("worker-policy"), cfg["provider"]["region"]
+    token = re.search(r"ssm get-parameter .*?--name (\S+)", " ".join(cfg["initialization_commands"])).group(1)
+    assert allows(worker, "ssm:GetParameter", f"arn:aws:ssm:{region}:ACCOUNT_ID:parameter{token}")
+    assert not allows(worker, "ssm:GetParameter", f"arn:aws:ssm:{region}:ACCOUNT_ID:parameter/other")
+    for action in ("s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"):
+        assert allows(worker, action, "arn:aws:s3:::BUCKET/studies/cub/results.parquet"), action
+        assert not allows(worker, action, "arn:aws:s3:::OTHER/x"), action
+    assert allows(worker, "s3:ListBucket", "arn:aws:s3:::BUCKET")
+    repository = cfg["docker"]["image"].split("/", 1)[1].rsplit(":", 1)[0]
+    for action in ("ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"):
+        assert allows(worker, action, f"arn:aws:ecr:{region}:ACCOUNT_ID:repository/{repository}")
+    assert allows(worker, "ecr:GetAuthorizationToken", "*")
+    granted = {a for s in statements(worker) for a in s["Action"]}
+    assert not {a for a in granted if a.split(":")[0] in ("ec2", "iam")}, granted
+
+
+@pytest.mark.parametrize("name", ["head-policy", "worker-policy", "trust-policy"])
+def test_aws_policies_have_no_wide_wildcards(name):
+    """`*` as a resource only where the API has no resource-level permission."""
+    no_resource_level = {"ec2:DescribeInstances", "ecr:GetAuthorizationToken"}
+    for s in statements(aws_policy(name)):
+        assert s["Effect"] == "Allow", s
+        for action in s.get("Action", []):
+            assert "*" not in action, f"{name}: wildcard action {action}"
+        if "*" in s.get("Resource", []):
+            assert set(s["Action"]) <= no_resource_level, f"{name}: {s['Action']} on *"
+        for resource in s.get("Resource", []):  # wildcards only in the resource id, never in
+            if resource != "*":                   # the partition, service, region or account
+                assert "*" not in ":".join(resource.split(":")[:5]), f"{name}: {resource}"
+
+
+def gcp_role() -> dict:
+    return load(IAM / "gcp" / "head-role.yaml")
+
+
+def gcp_accounts() -> dict:
+    return load(IAM / "gcp" / "service-accounts.yaml")["accounts"]
+
+
+def test_gcp_head_role_is_exactly_what_the_node_provider_needs():
+    source = ray_source("autoscaler/_private/gcp/node.py")
+    methods = set(re.findall(r"\.instances\(\)\s*\.(\w+)\(", source))
+    assert methods == {"list", "get", "setLabels", "insert", "delete", "stop", "start"}, methods
+    assert re.search(r"\.zoneOperations\(\)\s*\.get\(", source)
+    cfg = load(CLUSTER / "gcp-gpu.yaml")
+    assert cfg["provider"].get("cache_stopped_nodes", False) is False  # stop/start never called
+    needed = {"compute.instances.list", "compute.instances.get", "compute.instances.setLabels",
+              "compute.instances.create", "compute.instances.delete", "compute.zoneOperations.get"}
+    # what an insert with the worker node_configs needs besides instances.create
+    configs = [t["node_config"] for t in worker_types(cfg).values()]
+    needed |= {"compute.disks.create", "compute.images.useReadOnly",
+               "compute.subnetworks.use", "compute.subnetworks.useExternalIp"}
+    if any(c.get("metadata") for c in configs):
+        needed.add("compute.instances.setMetadata")
+    if any(c.get("serviceAccounts") for c in configs):
+        needed.add("compute.instances.setServiceAccount")
+    granted = set(gcp_role()["includedPermissions"])
+    assert granted == needed, f"missing {needed - granted}, not needed {granted - needed}"
+
+
+def test_gcp_nodes_run_as_the_described_accounts_and_rays_own_account_is_inert():
+    """`ray up` (Ray 2.60) always creates ray-autoscaler-sa-v1 with project-wide roles; the
+    accounts file must say so, keep it disabled, and no node may run as it."""
+    source = ray_source("autoscaler/_private/gcp/config.py")
+    constants = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            try:
+                constants[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                pass
+    ray_account = f"{constants['RAY']}-sa-{constants['VERSION']}"
+    accounts = gcp_accounts()
+    assert ray_account in accounts, f"cluster/iam/gcp/service-accounts.yaml omits {ray_account}"
+    assert accounts[ray_account]["disabled"] is True and accounts[ray_account]["runs"] == "nothing"
+    assert accounts[ray_account]["project"] == constants["DEFAULT_SERVICE_ACCOUNT_ROLES"]
+    cfg = load(CLUSTER / "gcp-gpu.yaml")
+    used = {}
+    for name, node_type in cfg["available_node_types"].items():
+        emails = [a["email"] for a in node_type["node_config"]["serviceAccounts"]]
+        assert len(emails) == 1, (name, emails)
+        used[name] = emails[0].split("@")[0]
+        assert used[name] in accounts and used[name] != ray_account, (name, used[name])
+    assert used.pop(cfg["head_node_type"]) == "cmd-harness-ray-head"
+    assert set(used.values()) == {"cmd-harness-ray-worker"}
+    for name, account in accounts.items():
+        if name != ray_account:  # project-wide: only the custom head role
+            assert all(r.startswith("projects/PROJECT_ID/roles/") for r in account.get("project", [])), name
+    assert accounts["cmd-harness-ray-head"]["worker_account"] == ["roles/iam.serviceAccountUser"]
+    assert "project" not in accounts["cmd-harness-ray-worker"]
+    role_id = accounts["cmd-harness-ray-head"]["project"][0].rsplit("/", 1)[1]
+    assert re.fullmatch(r"[a-zA-Z0-9_.]{3,64}", role_id), role_id
+    assert not any("*" in p for p in gcp_role()["includedPermissions"])
+
+
+# ---------------------------------------------------------------------------------------
+# KubeRay manifests: KubeRay's v1 CRD schemas, and token auth wired the way the operator reads it
+
+
+def crd_folder() -> Path | None:
+    """../shared/kuberay-crds beside the repository (CI), or beside the main checkout of a git
+    worktree of it."""
+    candidates = [ROOT.parent / "shared" / "kuberay-crds"]
+    dot_git = ROOT / ".git"
+    if dot_git.is_file():  # a worktree: .git names <main>/.git/worktrees/<name>
+        gitdir = Path(dot_git.read_text().split(":", 1)[1].strip())
+        common = (gitdir / (gitdir / "commondir").read_text().strip()).resolve()
+        candidates.append(common.parent.parent / "shared" / "kuberay-crds")
+    return next((c for c in candidates if c.is_dir()), None)
+
+
+def strict(schema: dict) -> dict:
+    """The CRD's openAPIV3Schema with unknown fields rejected, as the API server does with
+    strict field validation: every object that lists `properties` and neither sets
+    `additionalProperties` nor `x-kubernetes-preserve-unknown-fields` gets
+    additionalProperties: false. Free-form objects (no `properties`, e.g. `metadata`) stay open."""
+    if isinstance(schema, dict):
+        out = {k: strict(v) for k, v in schema.items()}
+        if ("properties" in out and "additionalProperties" not in out
+                and not out.get("x-kubernetes-preserve-unknown-fields")):
+            out["additionalProperties"] = False
+        return out
+    if isinstance(schema, list):
+        return [strict(v) for v in schema]
+    return schema
+
+
+@functools.cache
+def crd_v1_schema(kind: str) -> dict:
+    """The v1 openAPIV3Schema of KubeRay's CRD for `kind` (17k lines: parsed once, with libyaml)."""
+    folder = crd_folder()
+    if folder is None:
+        pytest.skip("KubeRay CRDs not found: ../shared/kuberay-crds/ is absent beside the repository")
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    crd = yaml.load((folder / f"ray.io_{kind.lower()}s.yaml").read_text(), Loader=loader)
+    return next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"]["openAPIV3Schema"]
+
+
+def crd_validator(kind: str):
+    import jsonschema
+
+    return jsonschema.Draft7Validator(strict(crd_v1_schema(kind)))
+
+
+def ray_docs() -> list[tuple[str, dict]]:
+    return [(f"{p.name}:{d['metadata']['name']}", d) for p in KUBERAY_YAMLS for d in all_docs(p)
+            if d.get("kind") in RAY_KINDS]
 
 
 def ray_cluster_specs() -> list[tuple[str, dict]]:
     """(where, RayCluster spec) for every RayCluster and every RayJob's embedded cluster."""
     out = []
-    for path in KUBERAY_YAMLS:
-        for doc in all_docs(path):
-            if doc.get("kind") == "RayCluster":
-                out.append((f"{path.name}:{doc['metadata']['name']}", doc["spec"]))
-            elif doc.get("kind") == "RayJob" and "rayClusterSpec" in doc["spec"]:
-                out.append((f"{path.name}:{doc['metadata']['name']}", doc["spec"]["rayClusterSpec"]))
+    for where, doc in ray_docs():
+        if doc["kind"] == "RayCluster":
+            out.append((where, doc["spec"]))
+        elif doc["kind"] == "RayJob" and "rayClusterSpec" in doc["spec"]:
+            out.append((where, doc["spec"]["rayClusterSpec"]))
     return out
 
 
 def ray_jobs() -> list[tuple[str, dict]]:
-    return [(f"{p.name}:{d['metadata']['name']}", d) for p in KUBERAY_YAMLS for d in all_docs(p)
-            if d.get("kind") == "RayJob"]
+    return [(where, d) for where, d in ray_docs() if d["kind"] == "RayJob"]
+
+
+def pod_specs(spec: dict) -> list[tuple[str, dict]]:
+    pods = [("head", spec["headGroupSpec"]["template"]["spec"])]
+    return pods + [(g["groupName"], g["template"]["spec"]) for g in spec["workerGroupSpecs"]]
 
 
 def start_param_resources(params: dict) -> dict:
@@ -262,90 +555,124 @@ def is_spot_pod(pod_spec: dict) -> bool:
         str(selector.get("karpenter.sh/capacity-type", "")).lower() == "spot"
 
 
-def assert_token_env(where: str, env: list[dict]) -> None:
-    by_name = {e["name"]: e for e in env or []}
-    assert by_name.get("RAY_AUTH_MODE", {}).get("value") == "token", f"{where}: RAY_AUTH_MODE!=token"
-    token = by_name.get("RAY_AUTH_TOKEN")
-    assert token, f"{where}: no RAY_AUTH_TOKEN"
-    assert "value" not in token, f"{where}: RAY_AUTH_TOKEN written in the manifest"
-    assert token["valueFrom"]["secretKeyRef"]["name"], f"{where}: RAY_AUTH_TOKEN not from a Secret"
-
-
 def test_kuberay_manifests_parse_with_known_kinds():
     assert KUBERAY_YAMLS, "no KubeRay manifests"
-    kinds = set()
-    for path in KUBERAY_YAMLS:
-        for doc in all_docs(path):
-            kinds.add(doc["kind"])
-            assert doc.get("metadata", {}).get("name"), f"{path.name}: unnamed {doc['kind']}"
-            if doc["kind"] in RAY_KINDS:
-                assert doc["apiVersion"] == "ray.io/v1", f"{path.name}: {doc['apiVersion']}"
+    kinds = {d["kind"] for p in KUBERAY_YAMLS for d in all_docs(p)}
+    for where, doc in ray_docs():
+        assert doc["apiVersion"] == "ray.io/v1", f"{where}: {doc['apiVersion']}"
     assert {"RayCluster", "RayJob"} <= kinds, kinds
 
 
-def test_ray_clusters_autoscale_with_gpu_groups_from_zero():
+def test_every_ray_manifest_passes_the_kuberay_crd_schema_with_unknown_fields_rejected():
+    docs = ray_docs()
+    assert {d["kind"] for _, d in docs} >= {"RayCluster", "RayJob"}
+    for where, doc in docs:
+        errors = sorted(crd_validator(doc["kind"]).iter_errors(doc), key=lambda e: list(e.path))
+        assert not errors, f"{where}: " + "; ".join(
+            f"{'.'.join(map(str, e.path))}: {e.message}" for e in errors[:5])
+        # metadata is a free-form object in the CRD (the API server checks ObjectMeta itself)
+        assert set(doc["metadata"]) <= {"name", "namespace", "labels", "annotations"}, where
+
+
+def test_the_strict_schema_rejects_a_misspelled_field_at_any_depth():
+    """What the check above can catch: a typo in spec, in authOptions, deep in a container."""
+    validator = crd_validator("RayJob")
+    where, job = ray_jobs()[0]
+    assert validator.is_valid(job)
+    for path, typo in ((["spec"], "shutdownAfterJobFinish"),
+                       (["spec", "rayClusterSpec", "authOptions"], "secretname"),
+                       (["spec", "rayClusterSpec", "headGroupSpec", "template", "spec", "containers", 0],
+                        "imagePullPolicyy")):
+        bad = copy.deepcopy(job)
+        node = bad
+        for key in path:
+            node = node[key]
+        node[typo] = "x"
+        assert not validator.is_valid(bad), f"{where}: {'.'.join(map(str, path))}.{typo} passed"
+    bad = copy.deepcopy(job)
+    bad["spec"]["rayClusterSpec"]["authOptions"]["mode"] = "tokens"
+    assert not validator.is_valid(bad), "an authOptions.mode outside the CRD's enum passed"
+
+
+def test_token_auth_is_wired_the_way_the_operator_reads_it():
+    """KubeRay (>= 1.6) adds the token to its own dashboard calls only when
+    authOptions.mode == token, and then sets RAY_AUTH_MODE / RAY_AUTH_TOKEN (from the Secret named
+    by secretName, key `auth_token`) in every Ray container, the autoscaler and a RayJob's
+    submitter, unless a container already sets them: so none may."""
     specs = ray_cluster_specs()
-    assert len(specs) >= 2  # the RayCluster and the RayJob's cluster
+    kinds = {where.split(":")[0] for where, _ in specs}
+    assert {"raycluster.yaml", "rayjob-cub.yaml"} <= kinds, kinds
+    for where, spec in specs:
+        auth = spec.get("authOptions") or {}
+        assert auth.get("mode") == "token", f"{where}: authOptions.mode = {auth.get('mode')!r}"
+        assert auth.get("secretName") == "cmd-harness-ray-token", f"{where}: authOptions.secretName"
+        # the operator refuses K8s token auth together with a secretName, and token auth below Ray 2.52
+        assert not auth.get("enableK8sTokenAuth"), where
+        assert tuple(map(int, spec["rayVersion"].split("."))) >= (2, 52), where
+        containers = [(f"{where}/{n}", c) for n, pod in pod_specs(spec)
+                      for c in pod.get("containers", []) + pod.get("initContainers", [])]
+        containers.append((f"{where}/autoscaler", spec.get("autoscalerOptions") or {}))
+        for cwhere, container in containers:
+            names = {e["name"] for e in container.get("env") or []}
+            assert not names & {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"}, \
+                f"{cwhere}: sets Ray's auth variables itself; the operator's would be skipped"
+    for where, job in ray_jobs():
+        assert job["spec"]["rayClusterSpec"].get("authOptions"), f"{where}: no rayClusterSpec.authOptions"
+        for container in job["spec"]["submitterPodTemplate"]["spec"]["containers"]:
+            names = {e["name"] for e in container.get("env") or []}
+            assert not names & {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"}, f"{where}: submitter env"
+
+
+def test_manifests_state_the_kuberay_version_that_auth_options_need():
+    """authOptions.secretName first shipped in KubeRay v1.6.0; an older operator drops it."""
+    for path in KUBERAY_YAMLS:
+        if not any(d.get("kind") in RAY_KINDS for d in all_docs(path)):
+            continue
+        stated = re.findall(r"KubeRay >= (\d+)\.(\d+)", path.read_text())
+        assert stated and all((int(a), int(b)) >= (1, 6) for a, b in stated), f"{path.name}: {stated}"
+    auth = crd_v1_schema("RayCluster")["properties"]["spec"]["properties"]["authOptions"]
+    assert {"mode", "secretName"} <= set(auth["properties"])
+
+
+def test_ray_clusters_autoscale_gpu_groups_from_zero_and_only_the_head_holds_drivers():
+    specs = ray_cluster_specs()
     for where, spec in specs:
         assert spec.get("enableInTreeAutoscaling") is True, where
         options = spec.get("autoscalerOptions") or {}
         assert 0 < int(options.get("idleTimeoutSeconds", 0)) <= 1800, f"{where}: idle timeout"
         assert spec.get("rayVersion") == ray_version(), f"{where}: rayVersion {spec.get('rayVersion')}"
-        groups = spec.get("workerGroupSpecs") or []
-        assert groups, where
-        spot = on_demand = 0
-        for group in groups:
-            name = f"{where}/{group.get('groupName')}"
-            assert group.get("groupName"), name
-            assert group.get("minReplicas") == 0, f"{name}: minReplicas must be 0"
-            assert int(group.get("maxReplicas", 0)) >= 1, f"{name}: maxReplicas"
-            assert 0 <= int(group.get("replicas", 0)) <= int(group["maxReplicas"]), name
-            pod = group["template"]["spec"]
-            container = pod["containers"][0]
-            gpus = (container.get("resources", {}).get("limits") or {}).get("nvidia.com/gpu")
-            assert isinstance(gpus, int) and gpus >= 1, f"{name}: nvidia.com/gpu limit {gpus!r}"
-            has_driver = start_param_resources(group.get("rayStartParams") or {}).get("trial_driver", 0) > 0
-            if is_spot_pod(pod):
-                spot += 1
-                assert not has_driver, f"{name}: spot group must not offer `trial_driver`"
-            else:
-                on_demand += 1
-                assert has_driver, f"{name}: on-demand group must offer `trial_driver`"
-        assert spot and on_demand, f"{where}: need spot and on-demand GPU groups"
-
-
-def test_ray_cluster_heads_run_no_training():
-    for where, spec in ray_cluster_specs():
         head = spec["headGroupSpec"]
         params = head.get("rayStartParams") or {}
         assert str(params.get("num-cpus")) == "0", f"{where}: head num-cpus must be 0"
         assert start_param_resources(params).get("trial_driver", 0) >= 1, f"{where}: head trial_driver"
-        container = head["template"]["spec"]["containers"][0]
-        limits = container.get("resources", {}).get("limits") or {}
-        assert "nvidia.com/gpu" not in limits, f"{where}: GPU on the head"
+        assert "nvidia.com/gpu" not in (head["template"]["spec"]["containers"][0]
+                                        .get("resources", {}).get("limits") or {}), where
+        spot = set()
+        for group in spec["workerGroupSpecs"]:
+            name = f"{where}/{group['groupName']}"
+            assert group.get("minReplicas") == 0, f"{name}: minReplicas must be 0"
+            assert int(group.get("maxReplicas", 0)) >= 1, f"{name}: maxReplicas"
+            assert 0 <= int(group.get("replicas", 0)) <= int(group["maxReplicas"]), name
+            pod = group["template"]["spec"]
+            gpus = (pod["containers"][0].get("resources", {}).get("limits") or {}).get("nvidia.com/gpu")
+            assert isinstance(gpus, int) and gpus >= 1, f"{name}: nvidia.com/gpu limit {gpus!r}"
+            assert "trial_driver" not in start_param_resources(group.get("rayStartParams") or {}), \
+                f"{name}: a GPU group offers `trial_driver`"
+            spot.add(is_spot_pod(pod))
+        assert spot == {True, False}, f"{where}: need spot and on-demand GPU groups"
 
 
-def test_every_ray_container_has_an_image_and_token_auth():
+def test_every_ray_container_runs_the_one_project_image():
     images = set()
     for where, spec in ray_cluster_specs():
-        pods = [("head", spec["headGroupSpec"]["template"]["spec"])]
-        pods += [(g["groupName"], g["template"]["spec"]) for g in spec["workerGroupSpecs"]]
-        for name, pod in pods:
-            for container in pod["containers"]:
-                assert container.get("image"), f"{where}/{name}: no image"
-                assert not container["image"].endswith(":latest"), f"{where}/{name}: unpinned image"
-                images.add(container["image"])
-                assert_token_env(f"{where}/{name}/{container['name']}", container.get("env"))
-        # the autoscaler sidecar talks to the GCS too
-        assert_token_env(f"{where}/autoscaler", (spec.get("autoscalerOptions") or {}).get("env"))
+        for name, pod in pod_specs(spec):
+            images |= {c["image"] for c in pod["containers"]}
     for where, job in ray_jobs():
-        submitter = (job["spec"].get("submitterPodTemplate") or {}).get("spec")
-        assert submitter, f"{where}: the submitter pod needs the token (submitterPodTemplate)"
-        for container in submitter["containers"]:
-            assert container.get("image"), where
-            images.add(container["image"])
-            assert_token_env(f"{where}/submitter", container.get("env"))
+        images |= {c["image"] for c in job["spec"]["submitterPodTemplate"]["spec"]["containers"]}
     assert len(images) == 1, f"one project image everywhere, got {images}"
+    image = images.pop()
+    assert project_image_name(image) == ("cmd-harness", PROJECT_VERSION), image
+    assert image == load(CLUSTER / "gcp-gpu.yaml")["docker"]["image"], "GKE and gcp-gpu.yaml differ"
 
 
 def test_rayjob_runs_a_study_and_shuts_down():
@@ -360,7 +687,6 @@ def test_rayjob_runs_a_study_and_shuts_down():
         runtime_env = yaml.safe_load(spec["runtimeEnvYAML"])
         assert isinstance(runtime_env, dict) and runtime_env.get("working_dir"), where
         assert spec.get("shutdownAfterJobFinishes") is True, where
-        assert "rayClusterSpec" in spec, f"{where}: shutdownAfterJobFinishes needs its own cluster"
 
 
 def test_no_published_dashboard_or_gcs():
@@ -380,17 +706,102 @@ def test_no_published_dashboard_or_gcs():
 
 def test_workload_identity_service_account():
     accounts = [d for p in KUBERAY_YAMLS for d in all_docs(p) if d["kind"] == "ServiceAccount"]
-    assert accounts, "no ServiceAccount for bucket access"
     names = {a["metadata"]["name"] for a in accounts}
     for a in accounts:
         annotations = a["metadata"].get("annotations") or {}
-        assert any(k in annotations for k in ("iam.gke.io/gcp-service-account",
-                                              "eks.amazonaws.com/role-arn")), a["metadata"]["name"]
+        google = annotations.get("iam.gke.io/gcp-service-account", "")
+        assert google.split("@")[0] in gcp_accounts(), f"{a['metadata']['name']}: {google}"
+    assert names
     for where, spec in ray_cluster_specs():
-        pods = [spec["headGroupSpec"]["template"]["spec"]]
-        pods += [g["template"]["spec"] for g in spec["workerGroupSpecs"]]
-        for pod in pods:
-            assert pod.get("serviceAccountName") in names, f"{where}: pod without the storage identity"
+        for name, pod in pod_specs(spec):
+            assert pod.get("serviceAccountName") in names, f"{where}/{name}: no storage identity"
+
+
+
+
+# ---------------------------------------------------------------------------------------
+# The studies the clusters run: drivers on the head with a measured memory reservation
+
+
+def study_scaling(path: Path) -> dict:
+    data = load(path)
+    scaling = dict((data.get("base") or {}).get("scaling") or {}) if isinstance(data.get("base"), dict) else {}
+    scaling.update(data.get("scaling") or {})
+    return scaling
+
+
+def worker_bundle(scaling: dict) -> dict[str, float]:
+    """What one Ray Train worker of the study asks for (as harness/trainer.py builds it)."""
+    gpus = (float(scaling.get("gpus_per_worker") or 0) or 1.0) if scaling.get("use_gpu") else 0.0
+    bundle = {"CPU": float(scaling.get("cpus_per_worker", 1)), "GPU": gpus}
+    bundle.update(scaling.get("resources_per_worker") or {})
+    return {k: v for k, v in bundle.items() if v}
+
+
+def fits(need: dict[str, float], have: dict[str, float]) -> bool:
+    return all(have.get(k, 0) >= v for k, v in need.items() if k != "memory")
+
+
+# Peak RSS measured on this machine (cluster/README.md, "Trial driver memory"): a trial driver
+# process plus the Train controller that Ray 2.60 starts on the driver's node without reserving
+# memory for it. The reservation must cover both; tests/test_autoscaling.py re-measures them.
+MEASURED_DRIVER_PEAK_BYTES = (1137 + 918) * 2**20
+
+
+@pytest.mark.parametrize("space", STUDY_SPACES, ids=lambda p: p.name)
+def test_study_drivers_go_to_the_head_with_their_measured_memory(space):
+    driver = {k: float(v) for k, v in (study_scaling(space).get("trial_driver_resources") or {}).items()}
+    assert 0 < driver.get("trial_driver", 0) <= 1, f"{space.name}: drivers not pinned to the head"
+    assert driver.get("CPU", 1) == 0, f"{space.name}: drivers must not take the CPUs workers need"
+    assert driver.get("memory", 0) >= MEASURED_DRIVER_PEAK_BYTES, \
+        f"{space.name}: reserves {driver.get('memory', 0) / 2**20:.0f} MiB per driver, measured " \
+        f"{MEASURED_DRIVER_PEAK_BYTES / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize("space", STUDY_SPACES, ids=lambda p: p.name)
+def test_study_fits_every_cluster(space):
+    """A Train worker fits a spot and an on-demand worker type of every cluster, and its trial
+    driver fits on the head (and only there): otherwise a trial waits forever."""
+    scaling = study_scaling(space)
+    bundle = worker_bundle(scaling)
+    driver = {k: float(v) for k, v in (scaling.get("trial_driver_resources") or {}).items() if v}
+    for path in LAUNCHER_YAMLS:
+        cfg = load(path)
+        head = cfg["available_node_types"][cfg["head_node_type"]]["resources"]
+        assert fits(driver, head), f"{path.name}: trial driver {driver} does not fit the head {head}"
+        for name, node_type in worker_types(cfg).items():
+            assert not fits(driver, node_type["resources"]), f"{path.name}: a driver fits {name}"
+        for want_spot in (True, False):
+            assert any(fits(bundle, t["resources"]) for t in worker_types(cfg).values()
+                       if is_spot(t["node_config"]) == want_spot), \
+                f"{path.name}: no {'spot' if want_spot else 'on-demand'} type fits a worker {bundle}"
+    for where, spec in ray_cluster_specs():
+        head_params = spec["headGroupSpec"].get("rayStartParams") or {}
+        head = {"CPU": float(head_params.get("num-cpus", 0)), **start_param_resources(head_params)}
+        assert fits(driver, head), f"{where}: trial driver {driver} does not fit the head {head}"
+        for want_spot in (True, False):
+            offers = []
+            for g in spec["workerGroupSpecs"]:
+                if is_spot_pod(g["template"]["spec"]) != want_spot:
+                    continue
+                limits = g["template"]["spec"]["containers"][0]["resources"]["limits"]
+                params = g.get("rayStartParams") or {}
+                offers.append({"CPU": float(params.get("num-cpus", limits["cpu"])),
+                               "GPU": float(limits.get("nvidia.com/gpu", 0)),
+                               **start_param_resources(params)})
+            assert any(fits(bundle, o) for o in offers), \
+                f"{where}: no {'spot' if want_spot else 'on-demand'} group fits a worker {bundle}: {offers}"
+            assert not any(fits(driver, o) for o in offers), f"{where}: a driver fits a GPU group"
+
+
+def test_readme_names_only_files_that_exist():
+    """cluster/README.md points users at files; each one it names must be there."""
+    text = (CLUSTER / "README.md").read_text()
+    named = set(re.findall(r"\b((?:cluster|tune_spaces|tests|harness)/[\w./-]+\.(?:yaml|json|py|md))", text))
+    named |= {f"cluster/{n}" for n in re.findall(r"`((?:kuberay|iam)/[\w./-]+\.(?:yaml|json))`", text)}
+    assert len(named) >= 8, named
+    missing = sorted(n for n in named if not (ROOT / n).exists())
+    assert not missing, f"cluster/README.md names missing files: {missing}"
 
 
 # ---------------------------------------------------------------------------------------
@@ -437,78 +848,3 @@ def test_secret_scanner_catches_the_obvious():
         assert SECRET_PATTERNS[what].search(text), what
     assert not SECRET_PATTERNS["inline credential"].search(
         "secretKeyRef: {name: cmd-harness-ray-token, key: auth_token}")
-
-
-def test_dockerfile_builds_the_project_on_the_pinned_ray():
-    text = (CLUSTER / "Dockerfile").read_text()
-    assert re.search(rf"rayproject/ray:{re.escape(ray_version())}\b", text)
-    assert "pip install" in text and "COPY" in text
-    assert "RAY_AUTH_TOKEN" not in text and not re.search(r"(?m)^\s*ENV\s+.*(SECRET|PASSWORD|KEY)=", text)
-    ignore = (CLUSTER / "Dockerfile.dockerignore").read_text().split()
-    assert {".git", ".venv", "data", "runs"} <= set(ignore)
-
-
-def test_readme_covers_the_workflow():
-    text = (CLUSTER / "README.md").read_text()
-    for needle in ("ray up", "ray down", "ray job submit --address http://127.0.0.1:8265 --working-dir .",
-                   "ray job logs", "-f", "results.parquet", "kubectl port-forward", "ray dashboard",
-                   "RAY_AUTH_MODE=token", "trial_driver", "assumption"):
-        assert needle in text, f"cluster/README.md does not mention {needle!r}"
-
-
-def test_cub_study_pins_trial_drivers():
-    """The study the cluster runs asks for `trial_driver` (the harness reads it)."""
-    resources = cub_scaling().get("trial_driver_resources") or {}
-    assert 0 < resources.get("trial_driver", 0) <= 1, f"tune_spaces/cub.yaml: trial_driver_resources = {resources}"
-
-def cub_scaling() -> dict:
-    space = ROOT / "tune_spaces" / "cub.yaml"
-    if not space.is_file():
-        pytest.skip("tune_spaces/cub.yaml not written yet")
-    data = load(space)
-    scaling = dict((data.get("base") or {}).get("scaling") or {}) if isinstance(data.get("base"), dict) else {}
-    scaling.update(data.get("scaling") or {})
-    return scaling
-
-
-def worker_bundle(scaling: dict) -> dict[str, float]:
-    """What one Ray Train worker of the study asks for (as harness/trainer.py builds it)."""
-    gpus = (float(scaling.get("gpus_per_worker") or 0) or 1.0) if scaling.get("use_gpu") else 0.0
-    bundle = {"CPU": float(scaling.get("cpus_per_worker", 1)), "GPU": gpus}
-    bundle.update(scaling.get("resources_per_worker") or {})
-    return {k: v for k, v in bundle.items() if v}
-
-
-def fits(need: dict[str, float], have: dict[str, float]) -> bool:
-    return all(have.get(k, 0) >= v for k, v in need.items() if k != "memory")
-
-
-def test_cub_study_fits_every_cluster():
-    """A Train worker of tune_spaces/cub.yaml fits on a spot and on an on-demand worker type of
-    every cluster, and its trial driver fits on the head: otherwise a trial waits forever."""
-    scaling = cub_scaling()
-    bundle = worker_bundle(scaling)
-    driver = {k: float(v) for k, v in (scaling.get("trial_driver_resources") or {}).items() if v}
-    for path in LAUNCHER_YAMLS:
-        cfg = load(path)
-        head = cfg["available_node_types"][cfg["head_node_type"]]["resources"]
-        assert fits(driver, head), f"{path.name}: trial driver {driver} does not fit the head {head}"
-        for want_spot in (True, False):
-            assert any(fits(bundle, t["resources"]) for t in worker_types(cfg).values()
-                       if is_spot(t["node_config"]) == want_spot), \
-                f"{path.name}: no {'spot' if want_spot else 'on-demand'} type fits a worker {bundle}"
-    for where, spec in ray_cluster_specs():
-        head_params = spec["headGroupSpec"].get("rayStartParams") or {}
-        head = {"CPU": float(head_params.get("num-cpus", 0)), **start_param_resources(head_params)}
-        assert fits(driver, head), f"{where}: trial driver {driver} does not fit the head {head}"
-        for want_spot in (True, False):
-            groups = [g for g in spec["workerGroupSpecs"] if is_spot_pod(g["template"]["spec"]) == want_spot]
-            offers = []
-            for g in groups:
-                limits = g["template"]["spec"]["containers"][0]["resources"]["limits"]
-                params = g.get("rayStartParams") or {}
-                offers.append({"CPU": float(params.get("num-cpus", limits["cpu"])),
-                               "GPU": float(limits.get("nvidia.com/gpu", 0)),
-                               **start_param_resources(params)})
-            assert any(fits(bundle, o) for o in offers), \
-                f"{where}: no {'spot' if want_spot else 'on-demand'} group fits a worker {bundle}: {offers}"
