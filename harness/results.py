@@ -90,7 +90,7 @@ def collect(study: Study, study_dir: str | Path) -> tuple[pd.DataFrame, pd.DataF
     if len(trials):  # on a tie the trial that finished first ranks first, as in Optuna's best_trial
         trials = trials.sort_values("finished_at", kind="stable")
         trials = rank_trials(trials, metric, study.mode, study.scheduler.max_t).reset_index(drop=True)
-    return trials, pd.DataFrame(curves)
+    return trials, pd.DataFrame(curves, columns=["trial_id", "epoch", metric, "loss", "time_total_s", "stop_reason"])
 
 
 def best_row(trials: pd.DataFrame, study: Study) -> pd.Series | None:
