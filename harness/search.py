@@ -150,7 +150,8 @@ class BudgetAwareOptunaSearch(Searcher):
 def load_search_state(study_dir: str | Path) -> optuna.Study:
     """The Optuna study the searcher held when Tune last saved the study folder (its newest
     `searcher-state-*.pkl`): what Optuna was told, for reports and checks."""
-    states = sorted(Path(study_dir).glob("searcher-state-*.pkl"), key=lambda p: p.stat().st_mtime)
+    # Named by the session's start time; syncing gives the files equal mtimes, so sort by name.
+    states = sorted(Path(study_dir).glob("searcher-state-*.pkl"))
     if not states:
         raise FileNotFoundError(f"{study_dir}: no searcher-state-*.pkl (not a TPE study folder)")
     with open(states[-1], "rb") as f:
