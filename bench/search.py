@@ -41,6 +41,7 @@ if __package__ in (None, ""):
 
 import pandas as pd  # noqa: E402
 
+from harness.objective import rung_epochs  # noqa: E402
 from harness.space import Dist, Study, load_study  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--startup-trials", type=int, help="TPE's random start (default: the study's)")
     parser.add_argument("--multivariate", action="store_true", help="multivariate TPE")
     parser.add_argument("--arms", default="random,random+asha,tpe+asha", help="comma-separated arms")
+    parser.add_argument("--grace", type=int, help="ASHA grace period in epochs (default: the study's)")
+    parser.add_argument("--rf", type=int, help="ASHA reduction factor (default: the study's)")
     return parser.parse_args(argv)
 
 
@@ -109,6 +112,8 @@ def arm_study(base: Study, arm: str, seed: int, args: argparse.Namespace, num_sa
     if args.startup_trials is not None:
         study.search.startup_trials = args.startup_trials
     study.search.multivariate = args.multivariate or study.search.multivariate
+    study.scheduler.grace_period = args.grace or study.scheduler.grace_period
+    study.scheduler.reduction_factor = args.rf or study.scheduler.reduction_factor
     if arm == "random":
         study.scheduler.type = "none"
     return study
@@ -138,9 +143,11 @@ def run_arm(base: Study, table: Table, arm: str, seed: int, args: argparse.Names
     samples = args.samples if arm == "random" else 4 * args.samples
     study = arm_study(base, arm, seed, args, samples)
     name = f"{arm.replace('+', '_')}-{seed}"
+    config = tune_config(study, f"{storage}/{name}")
+    config.reuse_actors = True  # replayed trials are instant: only Tune's per-trial actor start would cost
     tuner = tune.Tuner(tune.with_parameters(replay, table=table),
                        param_space={d.key: d.tune_domain() for d in study.space},
-                       tune_config=tune_config(study, f"{storage}/{name}"),
+                       tune_config=config,
                        run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=[Count()],
                                                  stop=Done(), verbose=0))
     tuner.fit()
@@ -161,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     os.environ.pop("RAY_ADDRESS", None)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # epochs come from a callback
     base = load_study(args.space)
     table = Table(Path(args.table), base)
     meta = {k.decode(): v.decode() for k, v in
@@ -171,8 +179,14 @@ def main(argv: list[str] | None = None) -> int:
           f"{base.metric} on split '{meta.get('split', '?')}', seeds per config: {meta.get('seeds', '?')}, "
           f"recorded {meta.get('date', '?')} on {meta.get('machine', '?')}; final values: best {finals[0]:.4f}, "
           f"median {statistics.median(finals):.4f}, worst {finals[-1]:.4f}")
-    print(f"[search] ASHA: rungs at epochs grace {base.scheduler.grace_period}, rf {base.scheduler.reduction_factor}, "
-          f"max_t {base.scheduler.max_t}; random search {args.samples} trials; concurrency {args.concurrency}; "
+    grace = args.grace or base.scheduler.grace_period
+    rf = args.rf or base.scheduler.reduction_factor
+    curves = pd.DataFrame(table.curves)
+    spearman = curves.corr(method="spearman")[table.max_t]
+    print(f"[search] rank correlation (Spearman) of each epoch's value with the final one, over the recorded "
+          f"configs: {', '.join(f'{e}: {spearman[e]:+.2f}' for e in sorted(spearman.index))}")
+    print(f"[search] ASHA: rungs at epochs {rung_epochs(grace, base.scheduler.max_t, rf)} (grace {grace}, rf {rf}); "
+          f"random search {args.samples} trials; concurrency {args.concurrency}; "
           f"TPE startup {args.startup_trials if args.startup_trials is not None else base.search.startup_trials}, "
           f"multivariate {args.multivariate or base.search.multivariate}")
     arms = args.arms.split(",")
