@@ -53,7 +53,7 @@ def parts(base_uri: str) -> list[str]:
 
 def finished_and_left(study, uris: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]]:
     """(trials that ran all epochs, their curves, the configs of the others in creation order)."""
-    from harness.results import collect
+    from harness.results import collect, plain
 
     params = [d.key for d in study.space]
     done, curves, left = [], [], []
@@ -63,7 +63,7 @@ def finished_and_left(study, uris: list[str]) -> tuple[pd.DataFrame, pd.DataFram
         done.append(trials[full])
         curves.append(curve[curve["trial_id"].isin(trials.loc[full, "trial_id"])])
         for _, row in trials[~full].sort_values("trial_id").iterrows():
-            left.append({key: _plain(row[key]) for key in params})
+            left.append({key: plain(row[key]) for key in params})
     done_ids = {tuple(r[k] for k in params) for frame in done for _, r in frame.iterrows()}
     left = [p for p in left if tuple(p.values()) not in done_ids]  # finished in a later part
     return pd.concat(done), pd.concat(curves), left
@@ -88,10 +88,6 @@ def write_table(study, uris: list[str], out: Path, started: float) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(arrow, out)
     return int(done["trial_id"].nunique())
-
-
-def _plain(value):
-    return value.item() if hasattr(value, "item") else value
 
 
 def main(argv: list[str] | None = None) -> int:

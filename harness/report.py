@@ -23,7 +23,7 @@ import plotly.express as px  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from harness.cli_errors import exit_on_user_error  # noqa: E402
-from harness.results import CURVES_PARQUET, TRIALS_PARQUET, collect, describe_best, write_results  # noqa: E402
+from harness.results import CURVES_PARQUET, TRIALS_PARQUET, collect, describe_best, plain, write_results  # noqa: E402
 from harness.search import optuna_distribution, outcome  # noqa: E402
 from harness.space import STUDY_FILE, Study, load_study  # noqa: E402
 
@@ -40,7 +40,7 @@ def optuna_study(study: Study, trials: pd.DataFrame, curves: pd.DataFrame) -> op
         state, value = outcome(values, row["epochs"], study.scheduler.max_t, row["status"] == "ERROR")
         if state == TrialState.FAIL:
             continue
-        params = {d.key: (row[d.key].item() if hasattr(row[d.key], "item") else row[d.key]) for d in study.space}
+        params = {d.key: plain(row[d.key]) for d in study.space}
         ot.add_trial(optuna.trial.create_trial(state=state, value=value, params=params,
                                                distributions=distributions, intermediate_values=values))
     return ot

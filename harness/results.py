@@ -110,7 +110,7 @@ def write_results(study: Study, study_dir: str | Path, out_dir: str | Path) -> d
     best = best_row(trials, study)
     if best is None:
         return {}
-    params = {d.key: _plain(best[d.key]) for d in study.space}
+    params = {d.key: plain(best[d.key]) for d in study.space}
     config = to_dict(study.trial_config(params))
     split = study.base.data.val_split
     header = (f"# best trial {best['trial_id']} of study {study.name}: {study.metric} "
@@ -119,8 +119,8 @@ def write_results(study: Study, study_dir: str | Path, out_dir: str | Path) -> d
     (out / BEST_CONFIG).write_text(header + yaml.safe_dump(config, sort_keys=False))
     summary = {"trial_id": best["trial_id"], "params": params,
                "objective": f"{study.metric} on '{split}' at the trial's last measured epoch",
-               "metric": study.metric, study.metric: _plain(best[study.metric]), "split": split,
-               "epoch": int(best["objective_epoch"]), "epochs": _plain(best["epochs"]),
+               "metric": study.metric, study.metric: plain(best[study.metric]), "split": split,
+               "epoch": int(best["objective_epoch"]), "epochs": plain(best["epochs"]),
                "stop_reason": best["stop_reason"], "checkpoint_path": best["checkpoint_path"]}
     (out / BEST_JSON).write_text(json.dumps(summary, indent=2))
     return summary
@@ -132,6 +132,6 @@ def describe_best(best: dict[str, Any]) -> str:
             f"'{best['split']}' at epoch {best['epoch']} ({best['stop_reason']}, the study's objective)")
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """numpy scalars to Python ones (YAML and JSON want plain types)."""
     return value.item() if hasattr(value, "item") else value
