@@ -15,12 +15,12 @@ import torch.distributed as dist
 from torch import nn
 
 from cmd_model.backbone import Backbone
-from cmd_model.centers import dist_ready
 from cmd_model.config import LossConfig, ModelConfig, OptimConfig
 from cmd_model.ema import ema_update
 from cmd_model.heads import cancel_last_layer_grads
 from cmd_model.init_checkpoint import restore_init_checkpoint
-from cmd_model.losses import TERM_NAMES, CMDLoss
+from cmd_model.loss import TERM_NAMES, CMDLoss
+from cmd_model.loss.centers import dist_ready
 from cmd_model.network import CMDNetwork, build_networks
 from cmd_model.schedules import Schedules
 

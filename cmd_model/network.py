@@ -10,8 +10,7 @@ from torch import nn
 
 from cmd_model.backbone import Backbone, build_backbone
 from cmd_model.config import LossConfig, Method, ModelConfig
-from cmd_model.heads import DINOHead
-from cmd_model.mil import GatedAttentionMIL
+from cmd_model.heads import DINOHead, GatedAttentionMIL
 
 METHODS = typing.get_args(Method)
 

@@ -56,7 +56,7 @@ def starting_metrics(cfg: TrainConfig) -> dict[str, float]:
     import torch
 
     from cmd_model.init_checkpoint import restore_init_checkpoint
-    from cmd_model.losses import CMDLoss
+    from cmd_model.loss import CMDLoss
     from cmd_model.network import build_networks
     from harness.evaluation import evaluate_backbone
 

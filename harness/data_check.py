@@ -64,7 +64,7 @@ def check_model_builds(cfg: TrainConfig, source: str) -> None:
     line naming the file, not an error in every Ray worker."""
     import torch
 
-    from cmd_model.losses import CMDLoss, NonFiniteLossError
+    from cmd_model.loss import CMDLoss, NonFiniteLossError
     from cmd_model.network import build_networks
 
     crops = cfg.data.crops

@@ -19,7 +19,7 @@ import ray.train.torch
 import torch
 
 from cmd_model.engine import CMDEngine
-from cmd_model.losses import NonFiniteLossError
+from cmd_model.loss import NonFiniteLossError
 from harness.checkpoint import restore_newest_intact, rng_state, save_checkpoint, set_rng_state
 from harness.config import TrainConfig, build_config, to_dict
 from harness.evaluation import evaluate_backbone

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from cmd_model.config import LossConfig, ModelConfig
-from cmd_model.losses import MIL_FORMS, CMDLoss
+from cmd_model.loss import MIL_FORMS, CMDLoss
 from cmd_model.network import build_networks
 
 # Paper heads (DINOHead hidden 2048, bottleneck 256, out_dim 65536, norm_last_layer False) on a

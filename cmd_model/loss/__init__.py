@@ -15,12 +15,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from cmd_model.centers import dist_ready, ema_center
 from cmd_model.config import LossConfig, MILForm
-from cmd_model.loss_image import image_ce, student_log_probs, teacher_probs
-from cmd_model.loss_mil import legacy_kl_div, mil_kl
-from cmd_model.loss_region import match_regions, region_ce
-from cmd_model.mil import POOLINGS, bag_log_pool
+from cmd_model.loss.centers import dist_ready, ema_center
+from cmd_model.loss.image import image_ce, student_log_probs, teacher_probs
+from cmd_model.loss.mil import POOLINGS, bag_log_pool, legacy_kl_div, mil_kl
+from cmd_model.loss.region import match_regions, region_ce
 from cmd_model.network import METHODS, NetOutput
 
 MIL_FORMS: tuple[str, ...] = typing.get_args(MILForm)

@@ -1,11 +1,22 @@
-"""Inter-level MIL terms L_S / L_T: image-level distribution vs the bag of token distributions."""
+"""Inter-level MIL terms L_S / L_T: the image-level distribution against the bag of its token
+(instance) distributions, and the bag pooling.
+
+Pooling, official (main_esvit.py DDINOLoss.forward, "ours md"): `torch.sum(region, dim=1)`, an
+unweighted sum; normalised to a distribution it equals the mean. "attention" weighs each token by
+gated attention MIL (Ilse, Tomczak, Welling, ICML 2018, eq. 9; the module is
+`cmd_model.heads.GatedAttentionMIL`), not in the official code (see cmd_model/README.md).
+"""
 from __future__ import annotations
 
+import math
+import typing
 from typing import get_args
 
 import torch
 
-from cmd_model.config import MilKLDirection, MilKLReduction
+from cmd_model.config import MilKLDirection, MilKLReduction, MilPooling
+
+POOLINGS = typing.get_args(MilPooling)
 
 
 def kl_log(log_p: torch.Tensor, log_q: torch.Tensor, reduction: str = "batchmean") -> torch.Tensor:
@@ -51,3 +62,19 @@ def legacy_kl_div(inp: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     pos = target > 0
     safe = torch.where(pos, target, torch.ones_like(target))  # no log of <= 0, no NaN gradient
     return torch.where(pos, safe * (torch.log(safe) - inp), torch.zeros_like(target)).mean()
+
+
+def bag_log_pool(token_log_probs: torch.Tensor, pooling: str, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The bag distribution of token distributions (B, N, K), as log-probabilities (B, K): pooled in
+    the log domain (logsumexp over tokens), so sharp token distributions (tau 0.04-0.1) do not
+    underflow in float32."""
+    n = token_log_probs.shape[1]
+    if pooling in ("sum", "mean"):
+        # sum of N distributions normalised = their mean: log(1/N sum_j p_j)
+        return torch.logsumexp(token_log_probs, dim=1) - math.log(n)
+    if pooling == "attention":
+        if weights is None:
+            raise ValueError("attention pooling needs the per-token weights of GatedAttentionMIL")
+        log_w = torch.log(weights.to(token_log_probs.dtype).clamp_min(1e-30))
+        return torch.logsumexp(token_log_probs + log_w.unsqueeze(-1), dim=1)
+    raise ValueError(f"loss.mil_pooling={pooling!r}; expected one of {POOLINGS}")
