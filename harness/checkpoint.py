@@ -101,6 +101,18 @@ class _HashingWriter(io.RawIOBase):
         return self.file.write(data)
 
 
+def detached_copy(tree: Any) -> Any:
+    """`tree` with every tensor copied to CPU memory: a snapshot that training can go on
+    changing in place while a background thread writes it (harness/worker.py)."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().to("cpu", copy=True)
+    if isinstance(tree, dict):
+        return {key: detached_copy(value) for key, value in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(detached_copy(value) for value in tree)
+    return tree
+
+
 def save_checkpoint(folder: Path, state: dict[str, Any]) -> Path:
     """Write `state` into `folder/state.pt` (folder created), then commit it."""
     folder.mkdir(parents=True, exist_ok=True)

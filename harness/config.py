@@ -41,10 +41,11 @@ class ScalingConfig:
     resources_per_worker: dict[str, Annotated[float, Ge(0)]] = field(default_factory=dict)
     # Resources of each Tune trial's driver process (the one that calls TorchTrainer.fit).
     # CPU 0 keeps drivers from starving the workers (in Ray 2.60 a silent hang otherwise);
-    # Ray refuses an all-zero request, so the driver asks for the memory it uses (bytes).
+    # Ray refuses an all-zero request, so the driver asks for the memory it uses (bytes): 2.5 GiB
+    # covers a driver and the Train controller placed beside it (peaks measured in cluster/README.md).
     # On a cluster, `trial_driver: 0.01` pins drivers to non-preemptible nodes.
     trial_driver_resources: dict[str, Annotated[float, Ge(0)]] = field(
-        default_factory=lambda: {"CPU": 0.0, "memory": 256 * 2**20})
+        default_factory=lambda: {"CPU": 0.0, "memory": 2.5 * 2**30})
     amp: Literal["auto", "bf16", "fp16", "none"] = "auto"  # auto: bf16 on GPUs that have it, else fp16; off on CPU
 
 
@@ -56,7 +57,13 @@ class RunConfig:
     storage: str = "runs"  # local folder or s3:// / gs:// URI
     seed: int = 0
     max_failures: Annotated[int, Ge(0)] = 0  # Ray Train worker-group restarts from the last checkpoint
+    # Refits after a node lost without a preemption drain (harness/node_loss.py); drained
+    # preemptions are Ray Train's own, unlimited budget. Neither uses max_failures.
+    max_node_losses: Annotated[int, Ge(0)] = 3
     checkpoint_every_steps: Annotated[int, Ge(0)] = 0  # 0: once per epoch only
+    # async: rank 0 copies the state and goes on training while Ray Train's upload thread
+    # writes, commits and uploads it; sync: the step waits for all of that.
+    checkpoint_upload: Literal["async", "sync"] = "async"
     log_every_steps: Annotated[int, Ge(0)] = 0  # 0: a progress line per epoch only
     torch_threads: Annotated[int, Ge(0)] = 0  # 0: one per CPU given to the worker
     # Stop (resumably) once this epoch is done, keeping the full optim.epochs schedule: for

@@ -20,7 +20,13 @@ import torch
 
 from cmd_model.engine import CMDEngine
 from cmd_model.loss import NonFiniteLossError
-from harness.checkpoint import restore_newest_intact, rng_state, save_checkpoint, set_rng_state
+from harness.checkpoint import (
+    detached_copy,
+    restore_newest_intact,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from harness.config import TrainConfig, build_config, to_dict
 from harness.evaluation import evaluate_backbone
 from harness.gpu_check import require_usable_gpu
@@ -132,14 +138,37 @@ def _restore(engine: CMDEngine, config: dict[str, Any], rank: int) -> dict[str, 
     return state
 
 
-def _report(metrics: dict[str, Any], state: dict[str, Any] | None, rank: int) -> None:
-    """Report on every rank (a barrier); rank 0 attaches the checkpoint."""
+def _report(metrics: dict[str, Any], state: dict[str, Any] | None, rank: int, upload: str) -> None:
+    """Report on every rank (a barrier); rank 0 attaches the checkpoint.
+
+    With `run.checkpoint_upload: async` the step only pays for a CPU copy of the state: Ray
+    Train's upload thread writes and commits `state.pt`, then uploads it, and the metrics reach
+    Tune once it is stored (Ray 2.60 `CheckpointUploadMode.ASYNC` with a `checkpoint_upload_fn`;
+    Train waits for pending uploads before the run ends).
+    """
     if state is None or rank != 0:
         ray.train.report(metrics)
         return
-    with tempfile.TemporaryDirectory() as tmp:
-        save_checkpoint(Path(tmp), state)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+    if upload == "sync":
+        with tempfile.TemporaryDirectory() as tmp:
+            save_checkpoint(Path(tmp), state)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        return
+    snapshot, folder = detached_copy(state), Path(tempfile.mkdtemp(prefix="cmd-checkpoint-"))
+
+    def write_then_upload(checkpoint: ray.train.Checkpoint, name: str) -> ray.train.Checkpoint:
+        save_checkpoint(folder, snapshot)
+        return persist_checkpoint(checkpoint, name)
+
+    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
+                     checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
+                     checkpoint_upload_fn=write_then_upload)
+
+
+def persist_checkpoint(checkpoint: ray.train.Checkpoint, name: str) -> ray.train.Checkpoint:
+    """Ray Train's own upload of a local checkpoint folder into the run's storage. Its only
+    entry point is the StorageContext (a DeveloperAPI in Ray 2.60); used here alone."""
+    return ray.train.get_context().get_storage().persist_current_checkpoint(checkpoint, name)
 
 
 def _progress_line(epoch: int, epochs: int, metrics: dict[str, float]) -> str:
@@ -186,7 +215,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if saved is not None and start_epoch >= cfg.optim.epochs and history:
         # Resumed after its last epoch (e.g. a study's driver died just as the run ended):
         # report the final metrics again so Tune sees them, then stop.
-        _report(history[-1], None, rank)
+        _report(history[-1], None, rank, cfg.run.checkpoint_upload)
         return
     log = EpochLog(cfg.run.storage, context.get_experiment_name(), rank)
     for epoch in range(start_epoch, cfg.optim.epochs):
@@ -220,7 +249,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if every and (step + 1) % every == 0 and step + 1 < steps:
                 state = _state(engine, cfg, epoch, step + 1, best, history, epoch_rng)
                 _report({"epoch": epoch + (step + 1) / steps, "probe_top1": float("nan"), "probed_epoch": -1,
-                         **meter.summary()}, state, rank)
+                         **meter.summary()}, state, rank, cfg.run.checkpoint_upload)
             if cfg.run.log_every_steps and rank == 0 and (step + 1) % cfg.run.log_every_steps == 0:
                 print(f"[train] epoch {epoch + 1} step {step + 1}/{steps} loss {metrics['loss']:.4f}", flush=True)
 
@@ -243,7 +272,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             print("[train] " + _progress_line(done, cfg.optim.epochs, epoch_metrics), flush=True)
         t_report = time.time()
-        _report(epoch_metrics, state, rank)
+        _report(epoch_metrics, state, rank, cfg.run.checkpoint_upload)
         marks.epochs.append({"epoch": done, "start": t_epoch, "loader_ready": t_loader, "steps_end": t_steps_end,
                              "step_s": meter.step_time, "wait_s": meter.data_wait, "probe_s": probe_s,
                              "report_start": t_report, "report_end": time.time()})

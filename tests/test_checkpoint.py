@@ -12,6 +12,7 @@ from harness.checkpoint import (
     COMMIT_FILE,
     DamagedCheckpointError,
     damage,
+    detached_copy,
     load_checkpoint,
     restore_newest_intact,
     rng_state,
@@ -111,3 +112,45 @@ def test_no_intact_checkpoint_left_is_one_error(tmp_path):
         (folder / COMMIT_FILE).unlink()
     with pytest.raises(DamagedCheckpointError, match="never committed, and no older intact checkpoint"):
         restore_newest_intact(ray.train.Checkpoint(str(folders[-1])), to_dict(build_config({})))
+
+
+def test_a_snapshot_written_after_training_went_on_is_the_state_at_report_time(tmp_path):
+    """The async checkpoint (harness/worker.py): rank 0 snapshots the state, trains on while Ray's
+    upload thread writes it. What is written must be the state at the snapshot, bit for bit."""
+    from cmd_model.config import LossConfig, OptimConfig
+    from cmd_model.engine import CMDEngine
+    from cmd_model.tiny import tiny_vit_config
+
+    gen = torch.Generator().manual_seed(0)
+    views = [torch.randn(4, 3, 32, 32, generator=gen) for _ in range(2)] + [
+        torch.randn(4, 3, 16, 16, generator=gen) for _ in range(2)]
+    torch.manual_seed(0)
+    engine = CMDEngine(tiny_vit_config(), LossConfig(), OptimConfig(epochs=2, warmup_epochs=0, lr=0.05),
+                       steps_per_epoch=3, global_batch=4)
+    engine.train_step(views, 0, 0)
+    at_report = save_checkpoint(tmp_path / "sync", {"engine": engine.state_dict()})  # what sync writes
+    snapshot = detached_copy({"engine": engine.state_dict()})
+    engine.train_step(views, 1, 0)  # training goes on, in place, before the upload thread writes
+    written = save_checkpoint(tmp_path / "async", snapshot)
+
+    def flat(folder):
+        return dict(_leaves(torch.load(folder / "state.pt", weights_only=True)))
+
+    sync, late = flat(at_report), flat(written)
+    assert sync.keys() == late.keys()
+    changed = [k for k, v in _leaves({"engine": engine.state_dict()}) if isinstance(v, torch.Tensor)
+               and not torch.equal(v, sync[k])]
+    assert changed, "the second step changed nothing: the test would not see a stale snapshot"
+    for key, value in sync.items():
+        assert (torch.equal(value, late[key]) if isinstance(value, torch.Tensor) else value == late[key]), key
+
+
+def _leaves(tree, prefix=""):
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _leaves(value, f"{prefix}{key}.")
+    elif isinstance(tree, (list, tuple)):
+        for i, value in enumerate(tree):
+            yield from _leaves(value, f"{prefix}{i}.")
+    else:
+        yield prefix, tree
