@@ -19,7 +19,7 @@ from harness.config import build_config
 from harness.console import TrialProgress
 from harness.search import BudgetAwareOptunaSearch
 from harness.space import Study
-from harness.trainer import build_trainer
+from harness.trainer import fit
 
 
 def trial_driver(params: dict[str, Any], base: dict[str, Any], train_storage: str,
@@ -32,7 +32,7 @@ def trial_driver(params: dict[str, Any], base: dict[str, Any], train_storage: st
     cfg = build_config(base, params, source="trial")
     cfg.run.storage = train_storage
     trial_id = tune.get_context().get_trial_id()
-    build_trainer(cfg, name=f"train-{trial_id}", callbacks=[TuneReportCallback()], verbose=verbose).fit()
+    fit(cfg, f"train-{trial_id}", callbacks=[TuneReportCallback()], verbose=verbose)
 
 
 def _searcher(study: Study) -> Any:

@@ -40,10 +40,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(cfg: TrainConfig, name: str, verbose: bool = False) -> dict:
     """Fit one TorchTrainer and return its final metrics (with `checkpoint_path`)."""
     from harness.ray_session import connect
-    from harness.trainer import build_trainer
+    from harness.trainer import fit
 
     connect(verbose=verbose)
-    result = build_trainer(cfg, name, verbose=verbose).fit()
+    result = fit(cfg, name, verbose=verbose)
     metrics = dict(result.metrics or {})
     metrics["checkpoint_path"] = result.checkpoint.path if result.checkpoint else None
     return metrics

@@ -8,6 +8,7 @@ import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from harness.config import TrainConfig, to_dict
+from harness.node_loss import fit_through_node_loss
 
 
 def storage_uri(storage: str) -> str:
@@ -60,3 +61,8 @@ def build_trainer(cfg: TrainConfig, name: str, callbacks: list[Any] | None = Non
         ),
     )
 
+
+
+def fit(cfg: TrainConfig, name: str, callbacks: list[Any] | None = None, verbose: bool = False) -> ray.train.Result:
+    """Run (or resume) the TorchTrainer named `name`, through up to `run.max_node_losses` lost nodes."""
+    return fit_through_node_loss(lambda: build_trainer(cfg, name, callbacks, verbose), cfg.run.max_node_losses, name)

@@ -1,0 +1,55 @@
+"""A Train run that outlives the loss of a node it had no warning of.
+
+Ray Train 2.60 charges a worker death to its preemption budget (unlimited by default) only when
+the node was drained for preemption first (`RayActorError.preempted`: KubeRay pods, `ray start
+--block` on SIGTERM). A spot VM that simply vanishes, or a node whose raylet is killed, is charged
+to `run.max_failures`, the budget meant for real errors, and with the default 0 the trial ends.
+Here such a failure refits the same run (same name and storage, so Train resumes it from its last
+committed checkpoint), up to `run.max_node_losses` times; any other error is raised as it is.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import ray
+from ray.exceptions import RayActorError
+from ray.train import Result, WorkerGroupError
+from ray.train.torch import TorchTrainer
+
+
+def dead_nodes_behind(error: Exception) -> list[str]:
+    """Ids of the dead nodes on which Train workers died in `error` (empty: not a node loss).
+
+    A worker whose code raised fails with a `RayTaskError`; one whose process or node went, with
+    a `RayActorError`. Any of the latter on a node Ray now lists as dead makes it a node loss,
+    as Ray's own preemption rule does: the surviving ranks often fail too (collective timeouts,
+    connection resets), and a real bug fails again on the refit, without a lost node.
+    """
+    if not isinstance(error, WorkerGroupError):
+        return []
+    from ray.util.state import get_actor
+
+    alive = {node["NodeID"]: node["Alive"] for node in ray.nodes()}
+    lost = set()
+    for failure in error.worker_failures.values():
+        if isinstance(failure, RayActorError) and failure.actor_id:
+            actor = get_actor(failure.actor_id)
+            if actor is not None and not alive.get(actor.node_id, True):
+                lost.add(actor.node_id)
+    return sorted(lost)
+
+
+def fit_through_node_loss(make_trainer: Callable[[], TorchTrainer], max_node_losses: int, name: str) -> Result:
+    """`make_trainer().fit()`, refitted after each lost node, at most `max_node_losses` times."""
+    losses = 0
+    while True:
+        try:
+            return make_trainer().fit()
+        except WorkerGroupError as exc:
+            nodes = dead_nodes_behind(exc)
+            if not nodes or losses == max_node_losses:
+                raise
+            losses += 1
+            print(f"[train] {name}: node {', '.join(n[:12] for n in nodes)} was lost without warning; "
+                  f"resuming from the last checkpoint ({losses} of run.max_node_losses {max_node_losses})",
+                  flush=True)
