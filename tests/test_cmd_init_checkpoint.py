@@ -1,19 +1,14 @@
 """model.init_checkpoint restores what main_esvit.py restores, from its own checkpoint layout."""
 from __future__ import annotations
 
-import argparse
-import re
-import warnings
-
 import pytest
 import torch
-from torch import nn
 
 from cmd_model.config import LossConfig, OptimConfig
 from cmd_model.engine import CMDEngine
-from cmd_model.heads import DINOHead
 from cmd_model.init_checkpoint import checkpoint_exists
 from cmd_model.tiny import tiny_swin_config, tiny_vit_config
+from tests.official_layout import esvit_checkpoint
 
 torch.set_num_threads(2)
 
@@ -21,51 +16,6 @@ torch.set_num_threads(2)
 def _engine(model_cfg, loss_cfg=None) -> CMDEngine:
     return CMDEngine(model_cfg, loss_cfg or LossConfig(), OptimConfig(epochs=1, warmup_epochs=0),
                      steps_per_epoch=1, global_batch=2)
-
-
-def _official_head(head: DINOHead) -> nn.Module:
-    """The same head as EsViT's DINOHead builds it: `nn.utils.weight_norm` (keys weight_g, weight_v)."""
-    official = nn.Module()
-    official.mlp = head.mlp
-    linear = nn.Linear(head.last_layer.in_features, head.last_layer.out_features, bias=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # the API main_esvit.py used, deprecated since
-        official.last_layer = nn.utils.weight_norm(linear)
-    params = head.last_layer.parametrizations.weight
-    with torch.no_grad():
-        official.last_layer.weight_g.copy_(params.original0)
-        official.last_layer.weight_v.copy_(params.original1)
-    return official
-
-
-def _official_network_state(net, prefix: str) -> dict[str, torch.Tensor]:
-    """main_esvit.py's state dict of a Swin network: EsViT's Swin layout (downsample at the end of
-    a stage, persistent relative_position_index buffers), `head` and `head_dense` as attributes of
-    the backbone model; `module.` for the DDP-wrapped student."""
-    out = {}
-    for k, v in net.backbone.model.state_dict().items():
-        k = re.sub(r"layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) - 1}.downsample", k)
-        out[k] = v.clone()
-        if k.endswith("attn.relative_position_bias_table"):
-            out[k.replace("relative_position_bias_table", "relative_position_index")] = torch.zeros(16, 16).long()
-    for name, head in (("head", net.head), ("head_dense", net.dense_head)):
-        out.update({f"{name}.{k}": v.clone() for k, v in _official_head(head).state_dict().items()})
-    return {prefix + k: v for k, v in out.items()}
-
-
-def _esvit_checkpoint(src: CMDEngine) -> dict:
-    """A checkpoint as main_esvit.py saves it (save_dict) for the networks of `src`."""
-    opt = torch.optim.AdamW(src.student_module.parameters())
-    return {
-        "student": _official_network_state(src.student_module, "module."),
-        "teacher": _official_network_state(src.teacher, ""),
-        "optimizer": opt.state_dict(),
-        "epoch": 300,
-        "args": argparse.Namespace(arch="swin_tiny", out_dim=64, lr=0.0005, local_crops_number=[8]),
-        "dino_loss": {"center": torch.randn(1, 64), "center_grid": torch.randn(1, 64)},
-        "fp16_scaler": {"scale": 1024.0, "growth_factor": 2.0, "backoff_factor": 0.5,
-                        "growth_interval": 2000, "_growth_tracker": 3},
-    }
 
 
 def _distinct_pair() -> CMDEngine:
@@ -80,7 +30,7 @@ def _distinct_pair() -> CMDEngine:
 
 def test_official_layout_restores_teacher_student_heads_and_centers(tmp_path):
     src = _distinct_pair()
-    ckpt = _esvit_checkpoint(src)
+    ckpt = esvit_checkpoint(src)
     torch.save(ckpt, tmp_path / "checkpoint.pth")
     for location in (str(tmp_path / "checkpoint.pth"), (tmp_path / "checkpoint.pth").as_uri()):  # path, file://
         torch.manual_seed(2)
@@ -99,7 +49,7 @@ def test_official_layout_restores_teacher_student_heads_and_centers(tmp_path):
 
 
 def test_mismatched_checkpoint_lists_missing_and_unexpected_keys(tmp_path):
-    ckpt = _esvit_checkpoint(_distinct_pair())
+    ckpt = esvit_checkpoint(_distinct_pair())
     del ckpt["student"]["module.head_dense.mlp.0.weight"]
     ckpt["teacher"]["head.extra.weight"] = torch.zeros(1)
     del ckpt["dino_loss"]["center_grid"]
