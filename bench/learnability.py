@@ -4,7 +4,7 @@
     python bench/learnability.py --steps 1000
 
 Self-supervision cannot lift a probe further than the backbone can learn in the same budget, so
-this is the ceiling check behind the demo recipe (bench/README.md, "demo recipe"). It trains the
+this is the ceiling check behind the demo recipe (docs/lab-notes.md). It trains the
 demo config's backbone with labels (a linear layer on the average-pooled tokens, cross-entropy,
 AdamW, batch 32, the deterministic eval crops of the train split, no augmentation) twice from the
 same seed: with linear patches (the paper's ViT, the baseline) and with `model.conv_stem`. It

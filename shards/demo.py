@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw
 @dataclass(frozen=True)
 class DemoStyle:
     """How hard the demo is. The defaults were chosen so that a few CPU-minutes of CMD
-    pretraining can move a linear probe (bench/README.md, "demo recipe"); the mark stays a
+    pretraining can move a linear probe (docs/lab-notes.md); the mark stays a
     small part (about 19 px across in an 80-px image, 3% of its area) and colour is never the
     class cue; muted backgrounds and faint clutter keep them from being the main thing that tells
     one image from another, which is what self-supervision learns first."""
