@@ -66,6 +66,10 @@ def tune_config(study: Study, study_uri: str) -> tune.TuneConfig:
         metric=study.metric, mode=study.mode, search_alg=_searcher(study),
         scheduler=_scheduler(study, study_uri), num_samples=study.search.num_samples,
         max_concurrent_trials=study.search.max_concurrent,
+        # A trial's driver process imports torch (through ray.train.torch) when Tune builds it:
+        # 1.4 s idle, 7-12 s on a loaded 2-core machine (bench/README.md, "goodput"). Reusing the
+        # driver actors pays that once per concurrent slot, not once per trial.
+        reuse_actors=True,
     )
 
 
