@@ -15,6 +15,7 @@ from tests.shard_fixtures import make_imagefolder
 from tests.tiny import tiny_base
 
 ROOT = Path(__file__).resolve().parent.parent
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the prefix of a worker's lines
 
 
 def test_write_quiet_prints_nothing_but_the_path_without_it(tmp_path, capsys):
@@ -56,3 +57,8 @@ def test_train_prints_each_epoch_once_and_no_report_dicts(ray_head, demo_shards,
     assert epochs == ["1", "2"], output
     assert "Reporting training result" not in output
     assert "metrics={" not in output
+    # stdout is ours alone: the run's start, which Ray, each epoch (from the worker), the result
+    ours = re.compile(r"(\(RayTrainWorker pid=\d+\) )?\[(train|ray)\] ")
+    lines = [ANSI.sub("", line) for line in proc.stdout.splitlines() if line.strip()]
+    assert [line for line in lines if not ours.match(line)] == []
+    assert len(lines) == 5, proc.stdout
