@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated, from {', '.join(VARIANTS)} (default: %(default)s)")
     parser.add_argument("--seeds", type=int, default=1,
                         help="runs per method, with run.seed = seed, seed+1, ... (default: %(default)s)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show Ray's own logs (placement, each report's metrics); by default "
+                             "only one line per epoch and per run, then the table")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     args = parser.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -101,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         for s in seeds:
             cfg = configs[(method, s)]
             print(f"[compare] training {method} seed {s} for {cfg.optim.epochs} epochs", flush=True)
-            metrics = run(cfg, f"compare-{method}-seed{s}-{stamp}")
+            metrics = run(cfg, f"compare-{method}-seed{s}-{stamp}", verbose=args.verbose)
             print(f"[compare] {method} seed {s}: " + " ".join(f"{c} {metrics.get(c, float('nan')):.3f}"
                                                               for c in COLUMNS), flush=True)
             rows[method].append(metrics)

@@ -1,11 +1,45 @@
-"""What a study prints: one line per trial event and a summary table at the end."""
+"""What a command prints: one line per trial or epoch event, a summary table at the end, and
+Ray's own logs only when asked for (`--verbose`)."""
 from __future__ import annotations
 
+import logging
+import os
 import time
 from typing import Any
 
 import pandas as pd
+from ray.train.v2._internal.execution.callback import WorkerCallback
 from ray.tune import Callback
+
+# Read by Ray Train (2.60) from the driver's environment and passed on to its controller and
+# workers (ray.train.v2._internal.constants.ENV_VARS_TO_PROPAGATE), so it also reaches the
+# workers of a cluster this command only attached to.
+PRINT_PATCH_ENV = "RAY_TRAIN_ENABLE_PRINT_PATCH"
+
+
+class HideReportDicts(WorkerCallback):
+    """On each Train worker: no INFO line with the whole metrics dict of every report.
+
+    Ray 2.60 logs "Reporting training result ... metrics={...}" under a logger named by its
+    file path (ray/train/v2/_internal/execution/context.py), which `ray.train.LoggingConfig`'s
+    level does not reach (it filters `ray.train.*` names), while Train sets the worker's root
+    logger to INFO with a console handler."""
+
+    def after_init_train_context(self) -> None:
+        from ray.train.v2._internal.execution import context
+
+        context.logger.setLevel(logging.WARNING)
+
+
+def quiet_train_console(verbose: bool) -> list[Any]:
+    """Set up a Train run whose workers' output reaches this console; returns its RunConfig
+    callbacks.
+
+    Each print on a worker arrives once: Ray 2.60's print patch would send it through the
+    root logger as well as to the worker's stdout, and both streams are forwarded here. Ray's
+    per-report lines arrive only when `verbose`."""
+    os.environ.setdefault(PRINT_PATCH_ENV, "0")
+    return [] if verbose else [HideReportDicts()]
 
 
 def _params(config: dict[str, Any]) -> str:

@@ -159,6 +159,8 @@ def connect(verbose: bool = False, log_to_driver: bool = True) -> str:
     kwargs = {"include_dashboard": True} if address == "local" else {}
     if address not in ("auto", "local"):
         require_token_if_needed(address)
+    if os.environ.get("RAY_ADDRESS") == "local":  # the new instance's processes would inherit it and,
+        del os.environ["RAY_ADDRESS"]             # with other Ray instances up, look for a cluster
     ray.init(address=address, logging_level=level, log_to_driver=log_to_driver, **kwargs)
     print(line, flush=True)
     gcs = ray.get_runtime_context().gcs_address

@@ -16,7 +16,7 @@ from ray.tune.search import BasicVariantGenerator
 
 from harness.asha import ResumableASHA
 from harness.config import build_config
-from harness.console import TrialProgress
+from harness.console import TrialProgress, quiet_train_console
 from harness.search import BudgetAwareOptunaSearch
 from harness.space import Study
 from harness.trainer import fit
@@ -32,7 +32,7 @@ def trial_driver(params: dict[str, Any], base: dict[str, Any], train_storage: st
     cfg = build_config(base, params, source="trial")
     cfg.run.storage = train_storage
     trial_id = tune.get_context().get_trial_id()
-    fit(cfg, f"train-{trial_id}", callbacks=[TuneReportCallback()], verbose=verbose)
+    fit(cfg, f"train-{trial_id}", callbacks=[TuneReportCallback(), *quiet_train_console(verbose)], verbose=verbose)
 
 
 def _searcher(study: Study) -> Any:

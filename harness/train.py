@@ -31,7 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(default: %(default)s)")
     parser.add_argument("--name", help="run name under run.storage; the same name resumes "
                                        "(default: run.name from the config)")
-    parser.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show Ray's own logs (placement, each report's metrics); by default "
+                             "only one line per epoch and the result")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="dotted config overrides, e.g. optim.epochs=2 loss.mil_weight=0.5")
     return parser.parse_args(argv)
@@ -39,11 +41,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(cfg: TrainConfig, name: str, verbose: bool = False) -> dict:
     """Fit one TorchTrainer and return its final metrics (with `checkpoint_path`)."""
+    from harness.console import quiet_train_console
     from harness.ray_session import connect
     from harness.trainer import fit
 
     connect(verbose=verbose)
-    result = fit(cfg, name, verbose=verbose)
+    result = fit(cfg, name, callbacks=quiet_train_console(verbose), verbose=verbose)
     metrics = dict(result.metrics or {})
     metrics["checkpoint_path"] = result.checkpoint.path if result.checkpoint else None
     return metrics

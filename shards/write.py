@@ -309,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="aircraft: label granularity (default variant, 100 classes)")
     p.add_argument("--aircraft-trainval", action="store_true",
                    help="aircraft: also write the official trainval split")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument("--quiet", action="store_true",
+                   help="print nothing but errors (no progress bar, summary or manifest path)")
     return p
 
 
@@ -336,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted: finished shards are recorded in {args.out / PARTIAL_NAME}; "
               "run the same command again to resume", file=sys.stderr)
         return 130
-    print(path)
+    if not args.quiet:
+        print(path)
     return 0
 
 

@@ -67,7 +67,10 @@ def test_token_file_auth_accepts_the_token_and_refuses_others():
         good = client(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
         assert good.returncode == 0 and "cpus 1.0" in good.stdout, good.stdout + good.stderr[-2000:]
         bad = client(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
-        assert bad.returncode != 0, "a client with a wrong token connected"
+        assert bad.returncode != 0 and "cpus" not in bad.stdout, "a client with a wrong token connected"
+        # refused for its token (Ray 2.60's words), not failing for any other reason
+        refusal = "AuthenticationError: RPC error: InvalidAuthToken: Authentication token is missing or incorrect"
+        assert refusal in bad.stderr, bad.stderr[-3000:]
 
         url = f"http://127.0.0.1:{dashboard_port}/api/jobs/"
         with pytest.raises(urllib.error.HTTPError) as refused:

@@ -15,11 +15,17 @@ import fnmatch
 import functools
 import json
 import re
+import shlex
+import subprocess
+import sys
 import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
+from packaging.specifiers import SpecifierSet
 
 from harness.gpu_check import MIN_DRIVER_FOR_CUDA_MAJOR, gpu_stack_problem
 
@@ -55,6 +61,18 @@ def load(path: Path) -> dict:
 
 def all_docs(path: Path) -> list[dict]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def strings(node: object) -> Iterator[str]:
+    """Every string value of a parsed YAML document, at any depth."""
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for value in node.values():
+            yield from strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from strings(value)
 
 
 # ---------------------------------------------------------------------------------------
@@ -166,8 +184,8 @@ def test_token_auth_on_every_node(launcher):
     assert len(ray_starts) == 2
     for command in ray_starts:
         assert "RAY_AUTH_MODE=token" in command, f"{path.name}: {command}"
-    text = path.read_text()
-    assert "RAY_AUTH_MODE=disabled" not in text and "RAY_AUTH_TOKEN=" not in text
+    for value in strings(cfg):  # what the config runs or sets, not its comments
+        assert "RAY_AUTH_MODE=disabled" not in value and "RAY_AUTH_TOKEN=" not in value, value
     # Every node (head: the global list, workers: their own or the global) fetches the token
     # from the cloud's secret store at boot.
     fetch = {"aws": "ssm get-parameter", "gcp": "gcloud secrets versions access"}[cfg["provider"]["type"]]
@@ -212,24 +230,166 @@ def test_fake_multinode_config_mirrors_the_cloud_layout():
 # CUDA: one variant in cluster/Dockerfile, run by the drivers of the node images
 
 
-def dockerfile_args() -> dict[str, str]:
-    text = (CLUSTER / "Dockerfile").read_text()
-    return dict(re.findall(r"(?m)^ARG\s+(\w+)=(\S+)\s*$", text))
+def dockerfile_instructions(path: Path = CLUSTER / "Dockerfile") -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) as Docker's parser reads them: comment lines dropped (also inside
+    a continued instruction), a trailing backslash joins the next line."""
+    out, pending = [], ""
+    for line in path.read_text().splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1]
+            continue
+        word, _, args = (pending + line).strip().partition(" ")
+        out.append((word.upper(), args.strip()))
+        pending = ""
+    assert not pending, f"{path.name} ends inside a continued instruction"
+    return out
 
 
-def test_dockerfile_states_one_cuda_variant_for_base_image_and_torch():
-    text = (CLUSTER / "Dockerfile").read_text()
-    variant = dockerfile_args().get("CUDA_VARIANT", "")
-    assert re.fullmatch(r"cu\d{3}", variant), f"CUDA_VARIANT={variant!r}"
-    froms = re.findall(r"(?m)^FROM\s+(\S+)", text)
-    assert froms == [f"rayproject/ray:{ray_version()}-py311-${{CUDA_VARIANT}}"], froms
-    indexes = re.findall(r"--index-url\s+\"?(\S+?)\"?\s", text)
-    assert indexes == ["https://download.pytorch.org/whl/${CUDA_VARIANT}"], indexes
-    # the build itself refuses a torch built for another CUDA
-    assert re.search(r"torch\.version\.cuda.*\n?.*sys\.exit", text)
-    assert "RAY_AUTH_TOKEN" not in text and not re.search(r"(?m)^\s*ENV\s+.*(SECRET|PASSWORD|KEY)=", text)
-    ignore = (CLUSTER / "Dockerfile.dockerignore").read_text().split()
-    assert {".git", ".venv", "data", "runs"} <= set(ignore)
+@dataclass
+class BuildStage:
+    """The single stage of a Dockerfile as `docker build` without --build-arg resolves it."""
+    base: str                               # FROM, global ARGs substituted
+    args: dict[str, str]                    # the ARGs the stage's RUNs see
+    steps: list[tuple[str, str]]            # the instructions after FROM
+
+
+def expand(text: str, variables: dict[str, str]) -> str:
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: variables.get(m[1] or m[2], ""), text)
+
+
+def build_stage(instructions: list[tuple[str, str]]) -> BuildStage:
+    n = next(i for i, (instruction, _) in enumerate(instructions) if instruction != "ARG")
+    globals_ = {name: default for name, _, default in (args.partition("=") for _, args in instructions[:n])}
+    (first, base), steps = instructions[n], instructions[n + 1:]
+    assert first == "FROM" and all(i != "FROM" for i, _ in steps), "one build stage expected"
+    scope: dict[str, str] = {}
+    for instruction, args in steps:
+        if instruction == "ARG":  # a global ARG reaches RUN only when the stage declares it again
+            name, eq, default = args.partition("=")
+            scope[name] = default if eq else globals_.get(name, "")
+    return BuildStage(expand(base, globals_), scope, steps)
+
+
+def shell_commands(stage: BuildStage) -> list[list[str]]:
+    """Every RUN as its `&&`-joined commands, split as the shell splits them, with the stage's
+    ARGs expanded (command substitutions `$(...)` are kept as written)."""
+    commands = []
+    for instruction, args in stage.steps:
+        if instruction == "RUN":
+            words = shlex.split(re.sub(r"\$\{(\w+)\}", lambda m: stage.args.get(m[1], m[0]), args))
+            command: list[str] = []
+            for word in [*words, "&&"]:
+                if word == "&&":
+                    commands.append(command)
+                    command = []
+                else:
+                    command.append(word)
+    return commands
+
+
+def pip_installs(stage: BuildStage) -> list[list[str]]:
+    return [c[2:] for c in shell_commands(stage) if c[:2] == ["pip", "install"]]
+
+
+def base_image_cuda() -> str:
+    """The CUDA variant of the image's base (Ray's tag suffix, e.g. cu128)."""
+    tag = re.fullmatch(r"rayproject/ray:[\d.]+-py\d+-(cu\d{3})", build_stage(dockerfile_instructions()).base)
+    assert tag, "the base image is not a CUDA build of rayproject/ray"
+    return tag[1]
+
+
+def cuda_version(variant: str) -> str:
+    return f"{variant[2:-1]}.{variant[-1]}"  # cu128 -> 12.8
+
+
+def test_dockerfile_base_image_is_this_ray_and_python_with_the_torch_of_its_cuda():
+    stage = build_stage(dockerfile_instructions())
+    image = re.fullmatch(r"rayproject/ray:(?P<ray>[\d.]+)-py(?P<py>\d)(?P<minor>\d+)-(?P<cuda>cu\d{3})",
+                         stage.base)
+    assert image, stage.base
+    assert image["ray"] == ray_version()
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert SpecifierSet(requires).contains(f"{image['py']}.{image['minor']}"), (stage.base, requires)
+    first, *later = pip_installs(stage)
+    assert "torch" in first and first[first.index("--index-url") + 1] == \
+        f"https://download.pytorch.org/whl/{image['cuda']}", first
+    # Later installs keep that build: no dependency resolution at all, or torch pinned to the
+    # version just installed (PyPI's default torch is another CUDA's).
+    pinned = "torch==$(python -c 'import torch; print(torch.__version__)')"
+    for install in later:
+        assert "--no-deps" in install or pinned in install, install
+
+
+def torch_check(stage: BuildStage) -> list[str]:
+    """The build's own check of the installed torch: the `python -c` right after its install."""
+    commands = shell_commands(stage)
+    index = next(i for i, c in enumerate(commands) if c[:2] == ["pip", "install"] and "torch" in c)
+    check = commands[index + 1]
+    assert check[:2] == ["python", "-c"], check
+    return check
+
+
+@pytest.mark.parametrize("torch_cuda", ["the base image's", "13.0", None])
+def test_dockerfile_build_fails_unless_torch_is_built_for_the_base_images_cuda(tmp_path, torch_cuda):
+    """Runs the Dockerfile's check against a torch that reports being built for `torch_cuda`
+    (PyPI's default 13.0, a CPU build: None); real CUDA builds of torch cannot be installed here."""
+    variant = base_image_cuda()
+    passes = torch_cuda == "the base image's"
+    built_for = cuda_version(variant) if passes else torch_cuda
+    assert passes or built_for != cuda_version(variant)
+    fake = tmp_path / "torch"
+    fake.mkdir()
+    (fake / "__init__.py").write_text(f"__version__ = '2.0'\nclass version:\n    cuda = {built_for!r}\n")
+    check = torch_check(build_stage(dockerfile_instructions()))
+    proc = subprocess.run([sys.executable, *check[1:]], env={"PYTHONPATH": str(tmp_path)},
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert (proc.returncode == 0) == passes, proc.stderr
+    if not passes:
+        built = "cu" + (built_for or "none").replace(".", "")
+        assert proc.stderr.strip() == f"torch 2.0 is built for {built}, not {variant}"
+
+
+def dockerignored(path: str, patterns: list[str]) -> bool:
+    """Whether the build context leaves `path` out: a pattern matches it or a folder above it,
+    with `*` inside one path element and `**` across any number (Docker's rules, no `!` here)."""
+    def match(pattern: list[str], parts: list[str]) -> bool:
+        if not pattern:
+            return not parts
+        if pattern[0] == "**":
+            return any(match(pattern[1:], parts[i:]) for i in range(len(parts) + 1))
+        return bool(parts) and fnmatch.fnmatchcase(parts[0], pattern[0]) and match(pattern[1:], parts[1:])
+
+    parts = path.split("/")
+    return any(match(p.split("/"), parts[:n]) for p in patterns for n in range(1, len(parts) + 1))
+
+
+def test_dockerfile_copies_the_project_but_no_local_data_environment_or_credentials():
+    patterns = [line.strip() for line in (CLUSTER / "Dockerfile.dockerignore").read_text().splitlines()
+                if line.strip() and not line.lstrip().startswith("#")]
+    assert not any(p.startswith("!") for p in patterns)
+    for left_out in ("data/demo/shards/train-000000.tar", "runs/demo/results.parquet", ".venv/bin/python",
+                     ".git/HEAD", "harness/__pycache__/train.cpython-311.pyc", "cmd_harness.egg-info/PKG-INFO",
+                     ".env", "cluster/node.pem", "home/.ray/auth_token", "a/b/c.key"):
+        assert dockerignored(left_out, patterns), left_out
+    shipped = ["pyproject.toml", *(str(p.relative_to(ROOT)) for package in ("harness", "cmd_model", "shards")
+                                   for p in (ROOT / package).glob("*.py"))]
+    assert not [p for p in shipped if dockerignored(p, patterns)]
+    stage = build_stage(dockerfile_instructions())
+    copies = [args.split()[-2:] for instruction, args in stage.steps if instruction == "COPY"]
+    assert copies == [["pyproject.toml", "./"], [".", "./"]], copies  # dependencies cached apart from code
+    assert pip_installs(stage)[-1] == ["--no-deps", "-e", "."]
+
+
+def test_dockerfile_bakes_in_no_auth_setting_or_secret():
+    """Ray's token comes from a Secret at run time, and RAY_AUTH_MODE from the cluster configs, so
+    the image also runs a local token-less `ray start`."""
+    for instruction, args in dockerfile_instructions():
+        if instruction in ("ENV", "ARG"):
+            for name in (w.split("=", 1)[0] for w in shlex.split(args)):
+                assert not name.startswith("RAY_AUTH"), f"{instruction} {name}"
+                assert not re.search(r"SECRET|PASSWORD|TOKEN|KEY", name), f"{instruction} {name}"
 
 
 # The NVIDIA driver of each config's GPU node image (vendor release notes; only a real node shows
@@ -246,8 +406,8 @@ def test_node_image_driver_runs_the_images_torch(name):
     cfg = load(CLUSTER / name)
     for node_type, spec in worker_types(cfg).items():
         assert family in json.dumps(spec["node_config"]), f"{name}: {node_type} left image family {family}"
-    variant = dockerfile_args()["CUDA_VARIANT"]
-    cuda = f"{variant[2:-1]}.{variant[-1]}"  # cu128 -> 12.8
+    variant = base_image_cuda()
+    cuda = cuda_version(variant)
     assert int(cuda.split(".")[0]) in MIN_DRIVER_FOR_CUDA_MAJOR
     assert gpu_stack_problem(driver, cuda, "torch", True) is None, \
         f"{name}: driver {driver} cannot run the image's torch ({variant})"
@@ -621,17 +781,6 @@ def test_token_auth_is_wired_the_way_the_operator_reads_it():
         for container in job["spec"]["submitterPodTemplate"]["spec"]["containers"]:
             names = {e["name"] for e in container.get("env") or []}
             assert not names & {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"}, f"{where}: submitter env"
-
-
-def test_manifests_state_the_kuberay_version_that_auth_options_need():
-    """authOptions.secretName first shipped in KubeRay v1.6.0; an older operator drops it."""
-    for path in KUBERAY_YAMLS:
-        if not any(d.get("kind") in RAY_KINDS for d in all_docs(path)):
-            continue
-        stated = re.findall(r"KubeRay >= (\d+)\.(\d+)", path.read_text())
-        assert stated and all((int(a), int(b)) >= (1, 6) for a, b in stated), f"{path.name}: {stated}"
-    auth = crd_v1_schema("RayCluster")["properties"]["spec"]["properties"]["authOptions"]
-    assert {"mode", "secretName"} <= set(auth["properties"])
 
 
 def test_ray_clusters_autoscale_gpu_groups_from_zero_and_only_the_head_holds_drivers():

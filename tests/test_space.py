@@ -6,15 +6,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.config import ConfigError, parse_overrides
+from harness.config import ConfigError, field_paths, get_dotted, parse_overrides
 from harness.space import load_study
 
 ROOT = Path(__file__).resolve().parent.parent
 SPACES = sorted((ROOT / "tune_spaces").glob("*.yaml"))
+DEMO = ROOT / "tune_spaces" / "demo.yaml"
 
 
 def study_file(tmp_path: Path, **changes) -> Path:
-    data = yaml.safe_load((ROOT / "tune_spaces/demo.yaml").read_text())
+    data = yaml.safe_load(DEMO.read_text())
     for key, value in changes.items():
         if value is None:
             data.pop(key, None)
@@ -25,12 +26,22 @@ def study_file(tmp_path: Path, **changes) -> Path:
     return path
 
 
+def overlaps(key: str, other: str) -> bool:
+    """`data.crops.local_scale` and `data.crops.local_scale.1` name the same field, in part."""
+    return key == other or key.startswith(other + ".") or other.startswith(key + ".")
+
+
 @pytest.mark.parametrize("space", SPACES, ids=[p.stem for p in SPACES])
-def test_shipped_spaces_are_valid(space):
+def test_shipped_spaces_load_and_a_trial_is_the_base_with_its_values(space):
+    """The points to evaluate, and the space's low and high corners (trials far from the base)."""
     study = load_study(space)
     assert study.points, "the base config is evaluated first"
-    for point in study.points:
-        study.trial_config(point)
+    corners = [{d.key: d.corners()[end] for d in study.space} for end in (0, -1)]
+    for point in [*study.points, *corners]:
+        cfg = study.trial_config(point)
+        assert {key: get_dotted(cfg, key) for key in point} == point
+        untouched = [k for k in field_paths() if not any(overlaps(k, key) for key in point)]
+        assert [k for k in untouched if get_dotted(cfg, k) != get_dotted(study.base, k)] == []
 
 
 @pytest.mark.parametrize("change, message", [
@@ -78,14 +89,20 @@ def test_int_bounds_are_inclusive(tmp_path):
     assert samples == {2, 3}
 
 
-def test_default_point_is_the_base_config(tmp_path):
+def test_default_point_is_the_base_configs_value_of_each_searched_key(tmp_path):
     study = load_study(study_file(tmp_path, points_to_evaluate=None))
-    base = study.base
-    assert study.points == [{
-        "loss.image_weight": base.loss.image_weight, "loss.region_weight": base.loss.region_weight,
-        "loss.mil_weight": base.loss.mil_weight, "loss.teacher_temp": base.loss.teacher_temp,
-        "data.crops.local_crops": base.data.crops.local_crops,
-    }]
+    searched = list(yaml.safe_load(DEMO.read_text())["space"])
+    assert study.points == [{key: get_dotted(study.base, key) for key in searched}]
+    assert study.trial_config(study.points[0]) == study.base
+
+
+def test_default_point_leaves_out_a_base_value_the_space_cannot_sample(tmp_path):
+    space = yaml.safe_load(DEMO.read_text())["space"]
+    key, *others = list(space)
+    value = get_dotted(load_study(DEMO).base, key)
+    space[key] = {"type": "uniform", "low": value + 1, "high": value + 2}
+    study = load_study(study_file(tmp_path, space=space, points_to_evaluate=None))
+    assert set(study.points[0]) == set(others)
 
 
 def test_numbers_in_a_study_file_and_its_overrides(tmp_path):
