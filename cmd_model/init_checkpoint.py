@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from shards.urls import is_remote, local_path
+
 # DDP, torch.compile, and DINO / EsViT utils.MultiCropWrapper (its backbone; heads stay `head*`)
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.", "backbone.")
 _WEIGHT_NORM = {"last_layer.weight_g": "last_layer.parametrizations.weight.original0",
@@ -35,10 +37,6 @@ _WEIGHT_NORM = {"last_layer.weight_g": "last_layer.parametrizations.weight.origi
 _GCS_RETRY_S = 20
 # Buffers the official Swin saves and timm rebuilds (not persistent in timm).
 _REBUILT_BUFFERS = ("relative_position_index", "attn_mask")
-
-
-def is_uri(location: str) -> bool:
-    return "://" in location
 
 
 def _filesystem(location: str) -> tuple[Any, str]:
@@ -53,11 +51,9 @@ def _filesystem(location: str) -> tuple[Any, str]:
 
 
 def checkpoint_exists(location: str) -> bool:
-    """True when `location` (a local path or an s3:// / gs:// / file:// URI) is a file."""
-    if not is_uri(location):
-        from pathlib import Path
-
-        return Path(location).expanduser().is_file()
+    """True when `location` (a local path, a file:// URL or an s3:// / gs:// URI) is a file."""
+    if not is_remote(location):
+        return local_path(location).is_file()
     import pyarrow.fs
 
     fs, path = _filesystem(location)
@@ -68,12 +64,12 @@ def read_checkpoint(location: str) -> Any:
     """torch.load a local file or a bucket URI (pyarrow.fs, which Ray installs) with
     weights_only=True; the official 'args' (an argparse.Namespace) is allowed as well."""
     try:
-        if is_uri(location):
+        if is_remote(location):
             fs, path = _filesystem(location)
             with fs.open_input_stream(path) as f:
                 source: Any = io.BytesIO(f.read())
         else:
-            source = location
+            source = local_path(location)
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(source, map_location="cpu", weights_only=True)
     except FileNotFoundError as exc:
