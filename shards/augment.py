@@ -56,7 +56,8 @@ def rrc_params(h: int, w: int, scale: tuple[float, float], rnd: random.Random,
 
 def _channels_last(img: Tensor) -> Tensor:
     """(3,H,W) -> (1,3,H,W) in channels_last memory: torch's uint8 antialiased resize kernels are
-    vectorised for that layout (measured 2.4x faster crops than on the decoder's CHW tensor)."""
+    vectorised for that layout (faster crops than on the decoder's CHW tensor: shards/README.md,
+    "Decode and geometric work")."""
     x = img.unsqueeze(0) if img.dim() == 3 else img
     return x.contiguous(memory_format=torch.channels_last)
 
@@ -154,8 +155,8 @@ def gaussian_blur(x: Tensor, sigma: Tensor) -> Tensor:
 
     Samples are grouped by kernel radius ceil(3 sigma), so each gets a kernel sized for its own
     sigma (sigma ~ U(0.1, 2) gives 3..13 taps). Each pass is a sum of shifted slices times
-    per-sample weights (addcmul): on CPU that measured 1.5-2x faster than a grouped conv2d,
-    whose oneDNN set-up is redone for every new bucket size.
+    per-sample weights (addcmul): on CPU faster than a grouped conv2d, whose oneDNN set-up is
+    redone for every new bucket size (shards/README.md, "Photometric work").
     """
     n, c, h, w = x.shape
     sigma = sigma.to(x.device, torch.float32)
@@ -217,8 +218,8 @@ def _jitter_params(n: int, gen: torch.Generator | None,
 
 
 def _chunk(x_shape: torch.Size, device: torch.device) -> int:
-    """Samples per chunk: on CPU ~4 MB of float per chunk keeps the ops' data in cache (measured
-    ~1.3x faster than whole-batch ops at batch 32); on an accelerator the whole batch at once."""
+    """Samples per chunk: on CPU ~4 MB of float per chunk keeps the ops' data in cache (faster than
+    whole-batch ops: shards/README.md, "Photometric work"); on an accelerator the whole batch at once."""
     if device.type != "cpu":
         return max(1, x_shape[0])
     return max(1, (1 << 20) // max(1, x_shape[1] * x_shape[2] * x_shape[3]))

@@ -176,8 +176,9 @@ def _shuffled(it: Iterable[Any], size: int, rnd: random.Random) -> Iterator[Any]
 def single_threaded(it: Iterator[Any]) -> Iterator[Any]:
     """Run an iterator's work with 1 torch thread, restoring the caller's count around each yield.
 
-    In-process loading (num_workers=0, eval) on many small tensors: 2 OpenMP threads on a
-    busy 2-core box made it 15x slower than 1; DataLoader workers use 1 thread for the same reason.
+    In-process loading (num_workers=0, eval) on many small tensors: 2 OpenMP threads on a busy
+    2-core box made it much slower than 1 (shards/README.md, "Decode and geometric work");
+    DataLoader workers use 1 thread for the same reason.
     """
     prev = torch.get_num_threads()
     try:
