@@ -97,12 +97,6 @@ def _uniform(n: int, lo: float, hi: float, gen: torch.Generator | None) -> Tenso
     return torch.rand(n, generator=gen, device=dev) * (hi - lo) + lo
 
 
-def _select(n: int, p: float, gen: torch.Generator | None) -> Tensor:
-    """Indices of the samples a Bernoulli(p) draw selects (drawn on the generator's device)."""
-    dev = gen.device if gen is not None else "cpu"
-    return torch.nonzero(torch.rand(n, generator=gen, device=dev) < p).flatten()
-
-
 def _gray(x: Tensor) -> Tensor:
     """(n,3,H,W) float -> (n,1,H,W) luma with torchvision's weights."""
     return (x[:, 0:1] * _GRAY[0]).add_(x[:, 1:2], alpha=_GRAY[1]).add_(x[:, 2:3], alpha=_GRAY[2])
@@ -197,13 +191,6 @@ def _jitter(x: Tensor, f: dict[str, Tensor], order: list[int], top: float) -> Te
         else:
             _hue(x, f["h"], top)
     return x
-
-
-def color_jitter(x: Tensor, gen: torch.Generator | None, top: float,
-                 strength: Sequence[float] = JITTER) -> Tensor:
-    """torchvision ColorJitter(*strength) on every sample of float (n,3,H,W) in [0, top], in place."""
-    f, order = _jitter_params(x.shape[0], gen, strength)
-    return _jitter(x, {k: v.to(x.device) for k, v in f.items()}, order, top)
 
 
 def _jitter_params(n: int, gen: torch.Generator | None,

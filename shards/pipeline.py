@@ -27,7 +27,7 @@ from .augment import PHOTOMETRIC_MODES, eval_view, multicrop, normalize, photome
 from .config import CropConfig, DataConfig
 from .decode import UndecodableImage, decode_image
 from .errors import ShardIntegrityError
-from .manifest import Manifest, ShardRecord, check_shard, load_manifest
+from .manifest import Manifest, load_manifest, verify_split
 from .urls import is_remote, open_url
 
 _WARNED: set[tuple] = set()
@@ -56,14 +56,6 @@ def _check(data: DataConfig, world_size: int, rank: int) -> None:
         raise ValueError(f"batch_size must be >= 1 and num_workers >= 0 (got {data.batch_size}, {data.num_workers})")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside world_size {world_size}")
-
-
-def check_split(m: Manifest, split: str, verify: bool) -> list[ShardRecord]:
-    """Existence (local) and, when `verify`, sha256 of every shard of a split before anything reads it."""
-    recs = m.shards(split)
-    for r in recs:
-        check_shard(m, r, checksum=verify)
-    return recs
 
 
 # ----------------------------------------------------------------------------- reading
@@ -300,7 +292,7 @@ def train_loader(data: DataConfig, rank: int, world_size: int, epoch: int) -> Tr
     """
     _check(data, world_size, rank)
     m = manifest_for(data)
-    recs = [r for r in check_split(m, data.train_split, data.verify) if r.count > 0]
+    recs = [r for r in verify_split(m, data.train_split, data.verify) if r.count > 0]
     if not recs:
         raise ShardIntegrityError(f"split {data.train_split!r} of {m.location()} has no samples")
     workers = max(1, data.num_workers)
@@ -325,7 +317,7 @@ class EvalLoader:
 
     def __init__(self, data: DataConfig, split: str, batch_size: int, manifest: Manifest) -> None:
         self.data, self.split, self.batch_size, self.manifest = data, split, batch_size, manifest
-        self.records = check_split(manifest, split, data.verify)
+        self.records = verify_split(manifest, split, data.verify)
         self.skipped = 0
 
     def __len__(self) -> int:
