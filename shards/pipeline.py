@@ -60,8 +60,21 @@ def _check(data: DataConfig, world_size: int, rank: int) -> None:
 
 # ----------------------------------------------------------------------------- reading
 
+IMAGE_KEYS = ("jpg", "jpeg", "png")  # a sample's image entry; shards.write writes .jpg
+
+
+def image_bytes(sample: dict[str, Any]) -> bytes:
+    """The image of a sample under the first of IMAGE_KEYS it has; b"" (undecodable) when none."""
+    return next((sample[key] for key in IMAGE_KEYS if sample.get(key)), b"")
+
+
 def iter_shard(url: str, name: str) -> Iterator[dict[str, Any]]:
-    """Samples of one tar shard as {"__key__", "jpg", "cls", "json", ...} via webdataset's tar grouping."""
+    """Samples of one tar shard as {"__key__", "jpg", "cls", "json", ...} via webdataset's tar grouping.
+
+    The one use of webdataset's private `tariterators`: its public `tarfile_samples` opens each
+    URL itself (gopen), which would bypass `open_url` (fsspec schemes, file:// paths).
+    tests/test_shards_pipeline.py checks the samples it yields, so a change there fails loudly.
+    """
     from webdataset.tariterators import group_by_keys, tar_file_expander
 
     try:
@@ -243,7 +256,7 @@ class MultiCropStream(IterableDataset):
         failed_in_a_row = 0
         for sample in self._raw(w, rnd):
             try:
-                img = decode_image(sample.get("jpg") or sample.get("jpeg") or sample.get("png") or b"")
+                img = decode_image(image_bytes(sample))
             except UndecodableImage:
                 skipped += 1  # a truncated / corrupt image costs one sample, never the epoch
                 failed_in_a_row += 1
@@ -333,7 +346,7 @@ class EvalLoader:
         for r in self.records:
             for s in iter_shard(self.manifest.shard_url(r), r.name):
                 try:
-                    img = decode_image(s.get("jpg") or b"")
+                    img = decode_image(image_bytes(s))
                 except UndecodableImage:
                     self.skipped += 1
                     continue
