@@ -41,3 +41,14 @@ def test_file_urls_are_local_for_the_study_storage_and_the_init_checkpoint(tmp_p
     checkpoint.write_bytes(b"")
     assert check_init_checkpoint(checkpoint.as_uri(), "study.yaml") == str(checkpoint)
     assert Path(check_init_checkpoint(str(checkpoint), "study.yaml")) == checkpoint
+
+
+def test_report_reads_tune_state_where_the_study_wrote_it(tmp_path):
+    """`harness.report RUN_DIR --storage S` reads Tune's state from S/NAME (a bucket study keeps its
+    results files in runs/NAME and Tune's state in the bucket), RUN_DIR itself without --storage."""
+    from harness.report import tune_state
+
+    folder = tmp_path / "runs" / "cub"
+    assert tune_state(folder, None) == str(folder)
+    assert tune_state(folder, "s3://bucket/studies/") == "s3://bucket/studies/cub"
+    assert tune_state(folder, (tmp_path / "studies").as_uri()) == str(tmp_path / "studies" / "cub")
