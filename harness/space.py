@@ -246,7 +246,7 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
                                   f"the space ({by_key[key].type} {by_key[key].corners()})")
     metric = coerce(data.get("metric", Study.metric), str, "metric", str(source))
     mode = coerce(data.get("mode", Study.mode), Mode, "mode", str(source))
-    return Study(path=source, name=str(data.get("name") or source.stem), base=base, space=space, points=[dict(p) for p in points], metric=metric,
-                 mode=mode, search=search, scheduler=scheduler,
+    return Study(path=source, name=str(data.get("name") or source.stem), base=base, space=space,
+                 points=[dict(p) for p in points], metric=metric, mode=mode, search=search, scheduler=scheduler,
                  storage=str(data.get("storage") or base.run.storage),
                  trackers=dict(data.get("trackers") or {}))

@@ -251,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
                                 description="Generate the seeded fine-grained demo set and write it as shards.")
     p.add_argument("--out", type=Path, default=Path("data/demo"),
                    help="demo folder: images go to OUT/images, shards to OUT/shards (default data/demo)")
-    p.add_argument("--classes", type=int, default=DemoSize.classes, help="number of classes, 1..8 (default %(default)s)")
+    p.add_argument("--classes", type=int, default=DemoSize.classes,
+                   help="number of classes, 1..8 (default %(default)s)")
     p.add_argument("--train-per-class", type=int, default=DemoSize.train_per_class,
                    help="train images per class (default %(default)s)")
     p.add_argument("--val-per-class", type=int, default=DemoSize.val_per_class,
