@@ -266,7 +266,7 @@ def summarise(label: str, res: dict[str, Any], slots: int) -> dict[str, Any]:
 
 def measure(args: argparse.Namespace, trials: int, epochs: int) -> dict[str, Any]:
     """Run the floor study and the demo study on one private head; everything measured, as JSON."""
-    from harness.config import build_config, to_dict
+    from harness.config import build_config
     from harness.data_check import prepare_paths
     from harness.ray_session import connect, quiet_tune
     from harness.space import load_study
@@ -283,7 +283,6 @@ def measure(args: argparse.Namespace, trials: int, epochs: int) -> dict[str, Any
     study.base.optim.epochs = epochs  # load_study sets it to the space's max_t
     t = time.time()
     study.base = prepare_paths(study.base, str(SPACE))  # makes the demo set if missing: not timed
-    study.base_dict = to_dict(study.base)
     print(f"demo shards ready in {time.time() - t:.0f} s: {study.base.data.shards}", flush=True)
     raw: dict[str, Any] = {"imports": import_seconds(), "concurrency": args.concurrency,
                            "load_start": os.getloadavg()}

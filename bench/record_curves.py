@@ -92,7 +92,7 @@ def write_table(study, uris: list[str], out: Path, started: float) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from harness.config import build_config, set_dotted, to_dict
+    from harness.config import build_config, set_dotted
     from harness.data_check import prepare_paths
     from harness.ray_session import connect, quiet_tune
     from harness.space import load_study
@@ -102,9 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     study.search.sampler, study.search.num_samples = "random", args.samples
     study.search.max_concurrent, study.search.seed = args.concurrent, args.seed
     study.scheduler.type = "none"
-    set_dotted(study.base_dict, "eval.probe_every", 1)
-    study.base = prepare_paths(build_config(study.base_dict, source=args.space), args.space)
-    study.base_dict = to_dict(study.base)
+    base = study.base_dict
+    set_dotted(base, "eval.probe_every", 1)
+    study.base = prepare_paths(build_config(base, source=args.space), args.space)
     base_uri = str(Path(args.storage).resolve() / f"{study.name}-curves")
     uris = parts(base_uri)
     started = time.time()

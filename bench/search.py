@@ -166,7 +166,6 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    os.environ.pop("RAY_ADDRESS", None)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # epochs come from a callback
     base = load_study(args.space)
@@ -191,24 +190,25 @@ def main(argv: list[str] | None = None) -> int:
           f"multivariate {args.multivariate or base.search.multivariate}")
     arms = args.arms.split(",")
     start = time.time()
-    ray.init(address="local", num_cpus=max(2, args.concurrency), include_dashboard=False, log_to_driver=False,
-             logging_level="ERROR")
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="search-bench-") as storage:
-        for seed in range(seeds):
-            random_log = run_arm(base, table, "random", seed, args, None, None, storage)
-            finals_seen = [(n, v) for n, _, e, v in random_log if e == table.max_t]
-            target = max(v for _, v in finals_seen)
-            random_epochs = next(n for n, v in finals_seen if v == target)
-            row = {"seed": seed, "target": target, "random": random_epochs, "budget": len(random_log)}
-            for arm in (a for a in arms if a != "random"):
-                log = run_arm(base, table, arm, seed, args, target, len(random_log), storage)
-                row[arm] = epochs_to(log, target, table.max_t)
-            rows.append(row)
-            cells = " ".join(f"{a} {row[a] if row[a] is not None else '>budget'}" for a in arms if a in row)
-            print(f"[search] seed {seed}: target {target:.4f} (random's best, rank "
-                  f"{finals.index(target) + 1}/{len(finals)}); epochs to it: {cells}", flush=True)
-    ray.shutdown()
+    from tests.ray_head import attached, start_head  # a private head on free ports, stopped by its own processes
+
+    with attached(start_head(num_cpus=max(2, args.concurrency))):
+        ray.init(log_to_driver=False, logging_level="ERROR")
+        rows = []
+        with tempfile.TemporaryDirectory(prefix="search-bench-") as storage:
+            for seed in range(seeds):
+                random_log = run_arm(base, table, "random", seed, args, None, None, storage)
+                finals_seen = [(n, v) for n, _, e, v in random_log if e == table.max_t]
+                target = max(v for _, v in finals_seen)
+                random_epochs = next(n for n, v in finals_seen if v == target)
+                row = {"seed": seed, "target": target, "random": random_epochs, "budget": len(random_log)}
+                for arm in (a for a in arms if a != "random"):
+                    log = run_arm(base, table, arm, seed, args, target, len(random_log), storage)
+                    row[arm] = epochs_to(log, target, table.max_t)
+                rows.append(row)
+                cells = " ".join(f"{a} {row[a] if row[a] is not None else '>budget'}" for a in arms if a in row)
+                print(f"[search] seed {seed}: target {target:.4f} (random's best, rank "
+                      f"{finals.index(target) + 1}/{len(finals)}); epochs to it: {cells}", flush=True)
     frame = pd.DataFrame(rows)
     print()
     for arm in arms:

@@ -40,7 +40,7 @@ class ModelConfig:
     conv_stem: bool = False
     # Where the run starts: an EsViT / CMD / DINO checkpoint in the official layout (student,
     # teacher, both heads and the centers are restored), a harness checkpoint, or a plain backbone
-    # state dict. A local path or a bucket URI (s3://, gs://, file://): every worker reads it.
+    # state dict. A local path (or file:// URL) or a bucket URI (s3://, gs://): every worker reads it.
     init_checkpoint: str | None = None
     # Heads: official code (EsViT DINOHead): 3-layer MLP, hidden 2048, bottleneck 256,
     # weight-normalised last layer, out_dim 65536, norm_last_layer False.

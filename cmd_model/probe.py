@@ -1,7 +1,6 @@
 """Linear probes on frozen features: the fast one (Tune objective) and the paper's protocol."""
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
@@ -107,10 +106,3 @@ def paper_probe(
             final = _top1(linear(xte), yte)
         best = max(best, final)
     return PaperProbe(final, best)
-
-
-def chance(labels: torch.Tensor) -> float:
-    """Top-1 of always predicting the most frequent class (a floor for probe numbers)."""
-    if labels.numel() == 0:
-        return math.nan
-    return float(torch.bincount(labels.long()).max()) / labels.numel()

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import replace
-from pathlib import Path
 
 from harness.config import ConfigError, TrainConfig
 from shards.demo import ensure_demo_shards
-
-
-def is_remote(location: str) -> bool:
-    return "://" in location or location.startswith("pipe:")
+from shards.urls import is_remote, local_path
 
 
 def prepare_paths(cfg: TrainConfig, source: str) -> TrainConfig:
@@ -23,7 +19,7 @@ def prepare_paths(cfg: TrainConfig, source: str) -> TrainConfig:
     """
     check_model_builds(cfg, source)
     if not is_remote(cfg.data.shards):
-        shards = Path(cfg.data.shards).expanduser().resolve()
+        shards = local_path(cfg.data.shards).resolve()
         cfg.data.shards = str(shards)
         if cfg.data.demo:
             ensure_demo_shards(shards)
@@ -34,7 +30,7 @@ def prepare_paths(cfg: TrainConfig, source: str) -> TrainConfig:
                 f"`python -m shards.write imagefolder --root DATASET --out {shards}`"
             )
     if not is_remote(cfg.run.storage):
-        cfg.run.storage = str(Path(cfg.run.storage).expanduser().resolve())
+        cfg.run.storage = str(local_path(cfg.run.storage).resolve())
     if cfg.model.init_checkpoint:
         cfg.model.init_checkpoint = check_init_checkpoint(cfg.model.init_checkpoint, source)
     return cfg
@@ -42,11 +38,11 @@ def prepare_paths(cfg: TrainConfig, source: str) -> TrainConfig:
 
 def check_init_checkpoint(location: str, source: str) -> str:
     """The init checkpoint as every worker will read it: a local path made absolute, or a
-    bucket URI (s3://, gs://, file://) checked through pyarrow.fs from the driver."""
-    from cmd_model.init_checkpoint import checkpoint_exists, is_uri
+    bucket URI (s3://, gs://) checked through pyarrow.fs from the driver."""
+    from cmd_model.init_checkpoint import checkpoint_exists
 
-    if not is_uri(location):
-        location = str(Path(location).expanduser().resolve())
+    if not is_remote(location):
+        location = str(local_path(location).resolve())
     try:
         found = checkpoint_exists(location)
     except (OSError, ValueError) as exc:  # unknown scheme, no credentials, unreachable bucket

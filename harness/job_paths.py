@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.config import TrainConfig
+from shards.urls import is_remote, local_path
 
 JOB_HOME = "~/cmd-harness"
 
@@ -26,9 +27,13 @@ def job_working_copy(cwd: Path | None = None) -> Path | None:
 
 
 def outside_job_copy(path: str, cwd: Path | None = None) -> str:
-    """`path`, or where it goes under ~/cmd-harness when it would resolve into Ray's copy."""
+    """`path` (a file:// URL as the path it names), or where it goes under ~/cmd-harness when it
+    would resolve into Ray's copy. A bucket URI is returned as it is."""
+    if is_remote(path):
+        return path
+    path = str(local_path(path))
     copy = job_working_copy(cwd)
-    if copy is None or "://" in path:
+    if copy is None:
         return path
     resolved = ((cwd or Path.cwd()) / Path(path).expanduser()).resolve()
     try:

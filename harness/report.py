@@ -1,6 +1,10 @@
 """Rebuild a study's results and plots from its folder, finished or interrupted.
 
     python -m harness.report runs/demo
+    python -m harness.report runs/cub --storage s3://BUCKET/studies   # a study run with that --storage
+
+With a bucket as storage, Tune's state is in the bucket (STORAGE/NAME) and the results files in
+the local run folder (runs/NAME, harness/tune.py `study_location`): `--storage` says where.
 
 Plots (PNG via matplotlib, HTML via plotly) go to RUN_DIR/plots: optimization history,
 parameter importances, parallel coordinates, learning curves per trial, and accuracy vs compute
@@ -26,6 +30,7 @@ from harness.cli_errors import exit_on_user_error  # noqa: E402
 from harness.results import CURVES_PARQUET, TRIALS_PARQUET, collect, describe_best, plain, write_results  # noqa: E402
 from harness.search import optuna_distribution, outcome  # noqa: E402
 from harness.space import STUDY_FILE, Study, load_study  # noqa: E402
+from shards.urls import is_remote, local_path  # noqa: E402
 
 
 def optuna_study(study: Study, trials: pd.DataFrame, curves: pd.DataFrame) -> optuna.Study:
@@ -120,8 +125,22 @@ def write_plots(study: Study, study_dir: str | Path, out_dir: str | Path) -> lis
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m harness.report",
                                      description="Rebuild a study's results files and plots from its folder.")
-    parser.add_argument("run_dir", help="the study folder (e.g. runs/demo)")
+    parser.add_argument("run_dir", help="the study folder (e.g. runs/demo): its study.yaml is read and the "
+                                         "results files and plots are written there")
+    parser.add_argument("--storage", help="the --storage the study ran with when that was a bucket (e.g. "
+                                          "s3://BUCKET/studies): Tune's state is then read from STORAGE/NAME, NAME "
+                                          "being the run folder's name; default: the run folder itself")
     return parser.parse_args(argv)
+
+
+def tune_state(folder: Path, storage: str | None) -> str:
+    """Where Tune wrote the study whose results folder is `folder`: the folder itself, or
+    STORAGE/NAME for a study run with `--storage STORAGE` (harness/tune.py `study_location`)."""
+    if storage is None:
+        return str(folder)
+    if is_remote(storage):
+        return f"{storage.rstrip('/')}/{folder.name}"
+    return str(local_path(storage).resolve() / folder.name)
 
 
 @exit_on_user_error
@@ -131,8 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     if not (folder / STUDY_FILE).is_file():
         raise FileNotFoundError(f"{folder}: not a study folder (no {STUDY_FILE})")
     study = load_study(folder / STUDY_FILE)
-    best = write_results(study, folder, folder)
-    files = write_plots(study, folder, folder)
+    state = tune_state(folder, args.storage)
+    best = write_results(study, state, folder)
+    files = write_plots(study, state, folder)
     print(f"[report] {folder / TRIALS_PARQUET}, {folder / CURVES_PARQUET}, {len(files)} plot files in {folder / 'plots'}")
     if best:
         print(f"[report] {describe_best(best)}")

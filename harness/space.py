@@ -39,6 +39,7 @@ from harness.config import (
     plain_type,
     read_yaml,
     set_dotted,
+    to_dict,
 )
 from harness.objective import rung_epochs, unprobed_rungs
 
@@ -110,7 +111,6 @@ class Study:
     path: Path
     name: str
     base: TrainConfig
-    base_dict: dict[str, Any]
     space: list[Dist]
     points: list[dict[str, Any]]
     metric: str = "probe_top1"
@@ -119,6 +119,16 @@ class Study:
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     storage: str = "runs"
     trackers: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def base_dict(self) -> dict[str, Any]:
+        """`base` as the plain dict that YAML, Ray and `build_config` take; always made from `base`,
+        so the two cannot disagree."""
+        return to_dict(self.base)
+
+    @base_dict.setter
+    def base_dict(self, values: dict[str, Any]) -> None:
+        self.base = build_config(values, source=f"{self.path} (base)")
 
     def save(self, folder: Path) -> Path:
         """Write the resolved study (full base config, space, settings) into its run folder."""
@@ -236,8 +246,7 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
                                   f"the space ({by_key[key].type} {by_key[key].corners()})")
     metric = coerce(data.get("metric", Study.metric), str, "metric", str(source))
     mode = coerce(data.get("mode", Study.mode), Mode, "mode", str(source))
-    return Study(path=source, name=str(data.get("name") or source.stem), base=base,
-                 base_dict=base_dict, space=space, points=[dict(p) for p in points], metric=metric,
-                 mode=mode, search=search, scheduler=scheduler,
+    return Study(path=source, name=str(data.get("name") or source.stem), base=base, space=space,
+                 points=[dict(p) for p in points], metric=metric, mode=mode, search=search, scheduler=scheduler,
                  storage=str(data.get("storage") or base.run.storage),
                  trackers=dict(data.get("trackers") or {}))

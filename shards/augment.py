@@ -56,7 +56,8 @@ def rrc_params(h: int, w: int, scale: tuple[float, float], rnd: random.Random,
 
 def _channels_last(img: Tensor) -> Tensor:
     """(3,H,W) -> (1,3,H,W) in channels_last memory: torch's uint8 antialiased resize kernels are
-    vectorised for that layout (measured 2.4x faster crops than on the decoder's CHW tensor)."""
+    vectorised for that layout (faster crops than on the decoder's CHW tensor: shards/README.md,
+    "Decode and geometric work")."""
     x = img.unsqueeze(0) if img.dim() == 3 else img
     return x.contiguous(memory_format=torch.channels_last)
 
@@ -94,12 +95,6 @@ def eval_view(img: Tensor, cfg: CropConfig) -> Tensor:
 def _uniform(n: int, lo: float, hi: float, gen: torch.Generator | None) -> Tensor:
     dev = gen.device if gen is not None else "cpu"
     return torch.rand(n, generator=gen, device=dev) * (hi - lo) + lo
-
-
-def _select(n: int, p: float, gen: torch.Generator | None) -> Tensor:
-    """Indices of the samples a Bernoulli(p) draw selects (drawn on the generator's device)."""
-    dev = gen.device if gen is not None else "cpu"
-    return torch.nonzero(torch.rand(n, generator=gen, device=dev) < p).flatten()
 
 
 def _gray(x: Tensor) -> Tensor:
@@ -154,8 +149,8 @@ def gaussian_blur(x: Tensor, sigma: Tensor) -> Tensor:
 
     Samples are grouped by kernel radius ceil(3 sigma), so each gets a kernel sized for its own
     sigma (sigma ~ U(0.1, 2) gives 3..13 taps). Each pass is a sum of shifted slices times
-    per-sample weights (addcmul): on CPU that measured 1.5-2x faster than a grouped conv2d,
-    whose oneDNN set-up is redone for every new bucket size.
+    per-sample weights (addcmul): on CPU faster than a grouped conv2d, whose oneDNN set-up is
+    redone for every new bucket size (shards/README.md, "Photometric work").
     """
     n, c, h, w = x.shape
     sigma = sigma.to(x.device, torch.float32)
@@ -198,13 +193,6 @@ def _jitter(x: Tensor, f: dict[str, Tensor], order: list[int], top: float) -> Te
     return x
 
 
-def color_jitter(x: Tensor, gen: torch.Generator | None, top: float,
-                 strength: Sequence[float] = JITTER) -> Tensor:
-    """torchvision ColorJitter(*strength) on every sample of float (n,3,H,W) in [0, top], in place."""
-    f, order = _jitter_params(x.shape[0], gen, strength)
-    return _jitter(x, {k: v.to(x.device) for k, v in f.items()}, order, top)
-
-
 def _jitter_params(n: int, gen: torch.Generator | None,
                    strength: Sequence[float] = JITTER) -> tuple[dict[str, Tensor], list[int]]:
     """Per-sample factors, and one op order per batch drawn uniformly from the 24 permutations
@@ -217,8 +205,8 @@ def _jitter_params(n: int, gen: torch.Generator | None,
 
 
 def _chunk(x_shape: torch.Size, device: torch.device) -> int:
-    """Samples per chunk: on CPU ~4 MB of float per chunk keeps the ops' data in cache (measured
-    ~1.3x faster than whole-batch ops at batch 32); on an accelerator the whole batch at once."""
+    """Samples per chunk: on CPU ~4 MB of float per chunk keeps the ops' data in cache (faster than
+    whole-batch ops: shards/README.md, "Photometric work"); on an accelerator the whole batch at once."""
     if device.type != "cpu":
         return max(1, x_shape[0])
     return max(1, (1 << 20) // max(1, x_shape[1] * x_shape[2] * x_shape[3]))

@@ -39,6 +39,30 @@ class DemoStyle:
     background_range: tuple[int, int] = (90, 150)  # background base colour per channel: muted, all alike
 
 
+DEMO_SHARD_SIZE = 128  # samples per shard of the generated demo set
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """How many images the demo set has, of what size, from which seed: the one place its defaults
+    are written (the CLI's and `ensure_demo_shards`' defaults are these)."""
+
+    classes: int = 8
+    train_per_class: int = 120
+    val_per_class: int = 80
+    test_per_class: int | None = None  # None: as many as val
+    size: int = 80  # image side in pixels
+    seed: int = 0
+
+    def per_split(self) -> dict[str, int]:
+        """Images per class of each split, in the order their seeds are numbered."""
+        tests = self.val_per_class if self.test_per_class is None else self.test_per_class
+        return {"train": self.train_per_class, "val": self.val_per_class, "test": tests}
+
+    def images(self) -> int:
+        return self.classes * sum(self.per_split().values())
+
+
 MARKS = ("circle", "square", "triangle", "cross")
 PARTS = ("head", "wing")
 SS = 3  # supersampling factor for smooth edges
@@ -97,7 +121,7 @@ def _background(rng: np.random.Generator, n: int, style: DemoStyle) -> Image.Ima
     return img
 
 
-def render_sample(label: int, rng: np.random.Generator, size: int = 80,
+def render_sample(label: int, rng: np.random.Generator, size: int = DemoSize.size,
                   style: DemoStyle = DemoStyle()) -> Image.Image:
     """One RGB image of class `label` (see class_names) drawn with the random state `rng`."""
     mark, part = MARKS[label % len(MARKS)], PARTS[label // len(MARKS)]
@@ -151,30 +175,29 @@ def _rng(seed: int, split: int, label: int, i: int) -> np.random.Generator:
     return np.random.default_rng([seed, split, label, i])
 
 
-def make_demo_imagefolder(root: Path, classes: int = 8, train_per_class: int = 120, val_per_class: int = 80,
-                          size: int = 80, seed: int = 0, test_per_class: int | None = None) -> Path:
-    """Write ROOT/{train,val,test}/<class>/*.jpg; same arguments -> same bytes.
+def make_demo_imagefolder(root: Path, **size: Any) -> Path:
+    """Write ROOT/{train,val,test}/<class>/*.jpg for `DemoSize(**size)`; same arguments -> same bytes.
 
-    val is what a study selects on; test (as many per class as val unless given) is touched only
-    by `python -m harness.final`. Each split draws from its own seeds, so adding test left the
-    train and val images as they were.
+    val is what a study selects on; test is touched only by `python -m harness.final`. Each split
+    draws from its own seeds, so adding test left the train and val images as they were.
     """
     root = Path(root)
-    names = class_names(classes)
-    tests = val_per_class if test_per_class is None else test_per_class
-    for si, (split, per) in enumerate((("train", train_per_class), ("val", val_per_class), ("test", tests))):
+    demo = DemoSize(**size)
+    names = class_names(demo.classes)
+    for si, (split, per) in enumerate(demo.per_split().items()):
         for label, name in enumerate(names):
             d = root / split / name
             d.mkdir(parents=True, exist_ok=True)
             for i in range(per):
                 buf = io.BytesIO()
-                render_sample(label, _rng(seed, si, label, i), size).save(buf, "JPEG", quality=JPEG_QUALITY)
+                render_sample(label, _rng(demo.seed, si, label, i), demo.size).save(buf, "JPEG", quality=JPEG_QUALITY)
                 (d / f"{name}_{i:04d}.jpg").write_bytes(buf.getvalue())
     return root
 
 
-def ensure_demo_shards(shards_dir: Path, shard_size: int = 128, workers: int = 1, **kw: Any) -> Path:
-    """Make the demo shards if `shards_dir/manifest.json` is missing; returns the manifest path.
+def ensure_demo_shards(shards_dir: Path, shard_size: int = DEMO_SHARD_SIZE, workers: int = 1, **size: Any) -> Path:
+    """Make the demo shards of `DemoSize(**size)` if `shards_dir/manifest.json` is missing; returns
+    the manifest path.
 
     Images go to `shards_dir.parent / "images"`. A file lock makes concurrent callers
     (several Ray Train workers on one machine) wait for one writer instead of racing.
@@ -197,12 +220,10 @@ def ensure_demo_shards(shards_dir: Path, shard_size: int = 128, workers: int = 1
         if manifest.is_file():
             return manifest
         images = shards_dir.parent / "images"
-        cfg = {"classes": 8, "train_per_class": 120, "val_per_class": 80, "size": 80, "seed": 0, **kw}
-        per_class = cfg["train_per_class"] + cfg["val_per_class"] + (cfg.get("test_per_class") or cfg["val_per_class"])
-        n = cfg["classes"] * per_class
-        print(f"demo: generating {n} images ({cfg['classes']} classes) in {images} and shards in {shards_dir}",
-              file=sys.stderr, flush=True)
-        make_demo_imagefolder(images, **cfg)
+        demo = DemoSize(**size)
+        print(f"demo: generating {demo.images()} images ({demo.classes} classes) in {images} and shards in "
+              f"{shards_dir}", file=sys.stderr, flush=True)
+        make_demo_imagefolder(images, **size)
         return write_dataset("imagefolder", images, shards_dir, shard_size=shard_size, workers=workers,
                              progress=False, name="demo-birds")
 
@@ -230,12 +251,15 @@ def main(argv: list[str] | None = None) -> int:
                                 description="Generate the seeded fine-grained demo set and write it as shards.")
     p.add_argument("--out", type=Path, default=Path("data/demo"),
                    help="demo folder: images go to OUT/images, shards to OUT/shards (default data/demo)")
-    p.add_argument("--classes", type=int, default=8, help="number of classes, 1..8 (default 8)")
-    p.add_argument("--train-per-class", type=int, default=120, help="train images per class (default 120)")
-    p.add_argument("--val-per-class", type=int, default=80, help="val images per class (default 80)")
-    p.add_argument("--size", type=int, default=80, help="image side in pixels (default 80)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--shard-size", type=int, default=128, help="samples per shard (default 128)")
+    p.add_argument("--classes", type=int, default=DemoSize.classes,
+                   help="number of classes, 1..8 (default %(default)s)")
+    p.add_argument("--train-per-class", type=int, default=DemoSize.train_per_class,
+                   help="train images per class (default %(default)s)")
+    p.add_argument("--val-per-class", type=int, default=DemoSize.val_per_class,
+                   help="val (and test) images per class (default %(default)s)")
+    p.add_argument("--size", type=int, default=DemoSize.size, help="image side in pixels (default %(default)s)")
+    p.add_argument("--seed", type=int, default=DemoSize.seed, help="random seed (default %(default)s)")
+    p.add_argument("--shard-size", type=int, default=DEMO_SHARD_SIZE, help="samples per shard (default %(default)s)")
     p.add_argument("--preview", type=Path, default=None, help="also save a contact sheet PNG here")
     a = p.parse_args(argv)
     m = ensure_demo_shards(a.out / "shards", shard_size=a.shard_size, classes=a.classes,

@@ -60,9 +60,6 @@ class Manifest:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def split_names(self) -> list[str]:
-        return list(self.splits)
-
     def shards(self, split: str) -> list[ShardRecord]:
         """The split's shard records; a missing split names the ones that exist."""
         if split not in self.splits:
@@ -188,7 +185,10 @@ def check_shard(manifest: Manifest, record: ShardRecord, checksum: bool = True) 
     _VERIFIED[key] = digest
 
 
-def verify_split(manifest: Manifest, split: str, checksum: bool = True) -> None:
-    """Check every shard of a split exists and matches its sha256; the error names the first bad shard."""
-    for rec in manifest.shards(split):
+def verify_split(manifest: Manifest, split: str, checksum: bool = True) -> list[ShardRecord]:
+    """The split's shard records, once every one exists (and, with `checksum`, matches its sha256)
+    before anything reads it; the error names the first bad shard."""
+    recs = manifest.shards(split)
+    for rec in recs:
         check_shard(manifest, rec, checksum=checksum)
+    return recs

@@ -27,7 +27,7 @@ from .augment import PHOTOMETRIC_MODES, eval_view, multicrop, normalize, photome
 from .config import CropConfig, DataConfig
 from .decode import UndecodableImage, decode_image
 from .errors import ShardIntegrityError
-from .manifest import Manifest, ShardRecord, check_shard, load_manifest
+from .manifest import Manifest, load_manifest, verify_split
 from .urls import is_remote, open_url
 
 _WARNED: set[tuple] = set()
@@ -58,18 +58,23 @@ def _check(data: DataConfig, world_size: int, rank: int) -> None:
         raise ValueError(f"rank {rank} is outside world_size {world_size}")
 
 
-def check_split(m: Manifest, split: str, verify: bool) -> list[ShardRecord]:
-    """Existence (local) and, when `verify`, sha256 of every shard of a split before anything reads it."""
-    recs = m.shards(split)
-    for r in recs:
-        check_shard(m, r, checksum=verify)
-    return recs
-
-
 # ----------------------------------------------------------------------------- reading
 
+IMAGE_KEYS = ("jpg", "jpeg", "png")  # a sample's image entry; shards.write writes .jpg
+
+
+def image_bytes(sample: dict[str, Any]) -> bytes:
+    """The image of a sample under the first of IMAGE_KEYS it has; b"" (undecodable) when none."""
+    return next((sample[key] for key in IMAGE_KEYS if sample.get(key)), b"")
+
+
 def iter_shard(url: str, name: str) -> Iterator[dict[str, Any]]:
-    """Samples of one tar shard as {"__key__", "jpg", "cls", "json", ...} via webdataset's tar grouping."""
+    """Samples of one tar shard as {"__key__", "jpg", "cls", "json", ...} via webdataset's tar grouping.
+
+    The one use of webdataset's private `tariterators`: its public `tarfile_samples` opens each
+    URL itself (gopen), which would bypass `open_url` (fsspec schemes, file:// paths).
+    tests/test_shards_pipeline.py checks the samples it yields, so a change there fails loudly.
+    """
     from webdataset.tariterators import group_by_keys, tar_file_expander
 
     try:
@@ -176,8 +181,9 @@ def _shuffled(it: Iterable[Any], size: int, rnd: random.Random) -> Iterator[Any]
 def single_threaded(it: Iterator[Any]) -> Iterator[Any]:
     """Run an iterator's work with 1 torch thread, restoring the caller's count around each yield.
 
-    In-process loading (num_workers=0, eval) on many small tensors: 2 OpenMP threads on a
-    busy 2-core box made it 15x slower than 1; DataLoader workers use 1 thread for the same reason.
+    In-process loading (num_workers=0, eval) on many small tensors: 2 OpenMP threads on a busy
+    2-core box made it much slower than 1 (shards/README.md, "Decode and geometric work");
+    DataLoader workers use 1 thread for the same reason.
     """
     prev = torch.get_num_threads()
     try:
@@ -250,7 +256,7 @@ class MultiCropStream(IterableDataset):
         failed_in_a_row = 0
         for sample in self._raw(w, rnd):
             try:
-                img = decode_image(sample.get("jpg") or sample.get("jpeg") or sample.get("png") or b"")
+                img = decode_image(image_bytes(sample))
             except UndecodableImage:
                 skipped += 1  # a truncated / corrupt image costs one sample, never the epoch
                 failed_in_a_row += 1
@@ -299,7 +305,7 @@ def train_loader(data: DataConfig, rank: int, world_size: int, epoch: int) -> Tr
     """
     _check(data, world_size, rank)
     m = manifest_for(data)
-    recs = [r for r in check_split(m, data.train_split, data.verify) if r.count > 0]
+    recs = [r for r in verify_split(m, data.train_split, data.verify) if r.count > 0]
     if not recs:
         raise ShardIntegrityError(f"split {data.train_split!r} of {m.location()} has no samples")
     workers = max(1, data.num_workers)
@@ -324,7 +330,7 @@ class EvalLoader:
 
     def __init__(self, data: DataConfig, split: str, batch_size: int, manifest: Manifest) -> None:
         self.data, self.split, self.batch_size, self.manifest = data, split, batch_size, manifest
-        self.records = check_split(manifest, split, data.verify)
+        self.records = verify_split(manifest, split, data.verify)
         self.skipped = 0
 
     def __len__(self) -> int:
@@ -340,7 +346,7 @@ class EvalLoader:
         for r in self.records:
             for s in iter_shard(self.manifest.shard_url(r), r.name):
                 try:
-                    img = decode_image(s.get("jpg") or b"")
+                    img = decode_image(image_bytes(s))
                 except UndecodableImage:
                     self.skipped += 1
                     continue

@@ -18,7 +18,9 @@ def is_pipe(base: str) -> bool:
 
 
 def is_remote(base: str | os.PathLike) -> bool:
-    """True for anything that is not a plain local path or a file:// URL."""
+    """True for anything not on this machine's disk: a URL with a scheme other than file://, or a
+    `pipe:` command. A file:// URL is local: it names a path (`local_path`). The one rule the
+    shards, the init checkpoint and the study storage are all judged by."""
     s = str(base)
     if is_pipe(s):
         return True

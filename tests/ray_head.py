@@ -1,7 +1,11 @@
-"""A real local Ray head for tests: `ray start --head` on 127.0.0.1 in its own temp folder.
+"""A real local Ray head for tests and benchmarks: `ray start --head` on 127.0.0.1 in its own
+temp folder, on free ports.
 
 Stopped by killing only the processes that run from that folder, never `ray stop`, which
-would kill every Ray process on the machine.
+would kill every Ray process on the machine. The pieces (`private_env`, `head_command`,
+`kill_all`, `processes_mentioning`) also serve the tests that start a head of another shape
+(tests/test_autoscaling.py: a fake autoscaling cluster; tests/test_faults.py: a head and a
+worker node).
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import psutil
 
@@ -25,9 +29,65 @@ BIN = Path(sys.executable).parent
 
 
 def free_port() -> int:
+    """A port free on every interface (a head may listen on the machine's IP, not only loopback)."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("", 0))
         return s.getsockname()[1]
+
+
+# What would point a private Ray at another instance, or at its credentials.
+_OTHER_RAY = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+def private_env(**extra: str) -> dict[str, str]:
+    """This process's environment for a private Ray: nothing naming another instance, auth and
+    usage stats off, the venv's `ray` first on PATH; `extra` on top."""
+    env = {k: v for k, v in os.environ.items() if k not in _OTHER_RAY}
+    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
+               PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **extra)
+    return env
+
+
+def head_command(temp_dir: Path, port: int, dashboard_port: int, *options: str) -> list[str]:
+    """`ray start --head` in its own temp folder with every port it opens a free one, none of
+    Ray's defaults, so it never meets another Ray instance on the machine."""
+    return [str(BIN / "ray"), "start", "--head", f"--port={port}", f"--dashboard-port={dashboard_port}",
+            f"--temp-dir={temp_dir}", "--disable-usage-stats",
+            f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}", *options]
+
+
+def processes_mentioning(marker: str) -> list[int]:
+    """Pids of the processes (other than this one) whose command line contains `marker`."""
+    pids = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if proc.pid != os.getpid() and any(marker in part for part in proc.info["cmdline"] or []):
+                pids.append(proc.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return pids
+
+
+def kill_all(find: Callable[[], list[int]], grace_s: float = 10.0) -> None:
+    """SIGTERM the pids `find` returns, SIGKILL those still there after `grace_s`."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in find():
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        deadline = time.monotonic() + grace_s
+        while find() and time.monotonic() < deadline:
+            time.sleep(0.3)
+
+
+def stop_private_ray(temp_dir: Path) -> None:
+    """Stop the processes of the Ray instance in `temp_dir` (their command lines name it), then
+    remove the folder."""
+    kill_all(lambda: processes_mentioning(str(temp_dir)))
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @dataclass
@@ -38,26 +98,7 @@ class RayHead:
     env: dict[str, str]
 
     def stop(self) -> None:
-        marker = str(self.temp_dir)
-        procs = []
-        for proc in psutil.process_iter(["cmdline"]):
-            try:
-                if any(marker in part for part in proc.info["cmdline"] or []):
-                    procs.append(proc)
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-        for proc in procs:
-            try:
-                proc.send_signal(signal.SIGTERM)
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(procs, timeout=10)
-        for proc in alive:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        stop_private_ray(self.temp_dir)
 
 
 def start_head(num_cpus: int = 2, resources: str | None = None, token_auth: bool = False) -> RayHead:
@@ -72,8 +113,7 @@ def start_head(num_cpus: int = 2, resources: str | None = None, token_auth: bool
     port, dash = free_port(), free_port()
     home = temp_dir / "home"
     home.mkdir()
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", HOME=str(home),
-               PATH=f"{BIN}:{os.environ.get('PATH', '')}")
+    env = private_env(HOME=str(home))
     if token_auth:
         token = home / ".ray" / "auth_token"
         token.parent.mkdir()
@@ -82,11 +122,8 @@ def start_head(num_cpus: int = 2, resources: str | None = None, token_auth: bool
     # The head's own processes (e.g. Train's placement-group cleaner) must find this instance
     # even when another Ray instance runs on the machine.
     env["RAY_ADDRESS"] = f"127.0.0.1:{port}"
-    cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-           f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
-           f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}", "--disable-usage-stats",
-           f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-           f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]
+    cmd = head_command(temp_dir, port, dash, "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
+                       "--include-dashboard=true", f"--num-cpus={num_cpus}")
     if resources:
         cmd.append(f"--resources={resources}")
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=180)

@@ -47,11 +47,12 @@ def make_imagefolder(root: Path, counts: dict[str, dict[str, int]], w: int = 40,
     return root
 
 
-def write_tar_shard(path: Path, samples: list[tuple[str, bytes, int]]) -> ShardRecord:
-    """A WebDataset shard written by hand (KEY.jpg + KEY.cls), e.g. to hold a truncated JPEG."""
+def write_tar_shard(path: Path, samples: list[tuple[str, bytes, int]], image_ext: str = "jpg") -> ShardRecord:
+    """A WebDataset shard written by hand (KEY.jpg + KEY.cls), e.g. to hold a truncated JPEG;
+    `image_ext` names the image entry (png for PNG bytes)."""
     with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tf:
-        for key, jpg, label in samples:
-            for ext, data in (("cls", str(label).encode()), ("jpg", jpg)):
+        for key, image, label in samples:
+            for ext, data in (("cls", str(label).encode()), (image_ext, image)):
                 ti = tarfile.TarInfo(f"{key}.{ext}")
                 ti.size = len(data)
                 tf.addfile(ti, io.BytesIO(data))

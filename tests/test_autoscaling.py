@@ -21,8 +21,6 @@ import copy
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,11 +31,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.ray_head import free_port, head_command, kill_all, private_env, processes_mentioning
 from tests.tiny import tiny_base
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_CONFIG = REPO / "cluster" / "fake-multinode.yaml"
-BIN = Path(sys.executable).parent  # the venv's bin: `ray` and the python the nodes run
 
 ISOLATED_MARKS = [
     pytest.mark.isolated,
@@ -59,12 +57,6 @@ SCALE_DOWN_TIMEOUT_S = 300
 # A fake autoscaling cluster that this test starts and stops by itself
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
-
-
 def _session_members(sid: int) -> list[int]:
     pids = []
     for entry in os.listdir("/proc"):
@@ -75,31 +67,6 @@ def _session_members(sid: int) -> list[int]:
             except OSError:
                 pass
     return pids
-
-
-def _processes_mentioning(text: str) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid():
-            try:
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
-            except OSError:
-                continue
-            if text.encode() in cmdline:
-                pids.append(int(entry))
-    return pids
-
-
-def _kill(pids_fn, grace_s: float = 10.0) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids_fn():
-            try:
-                os.kill(pid, sig)
-            except OSError:
-                pass
-        deadline = time.monotonic() + grace_s
-        while pids_fn() and time.monotonic() < deadline:
-            time.sleep(0.3)
 
 
 class FakeCluster:
@@ -113,23 +80,14 @@ class FakeCluster:
         self.dashboard_url = ""
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        for key in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
-            env.pop(key, None)
-        env.update(
-            PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-            RAY_AUTH_MODE="disabled",  # a local test cluster; the cloud configs use token
-            RAY_USAGE_STATS_ENABLED="0",
-            PYTHONPATH=str(REPO),
-        )
-        return env
+        return private_env(PYTHONPATH=str(REPO))  # a local test cluster: auth off (the cloud configs use token)
 
     def start(self) -> None:
         import ray._private.services
         from ray.autoscaler._private.util import validate_config
 
         ip = ray._private.services.get_node_ip_address()
-        gcs_port, dashboard_port = _free_port(), _free_port()
+        gcs_port, dashboard_port = free_port(), free_port()
         self.gcs_address = f"{ip}:{gcs_port}"
         self.dashboard_url = f"http://127.0.0.1:{dashboard_port}"
         self.config["provider"]["gcs_address"] = self.gcs_address
@@ -140,23 +98,9 @@ class FakeCluster:
         head = self.config["available_node_types"][self.config["head_node_type"]]["resources"]
         custom = {k: v for k, v in head.items() if k not in ("CPU", "GPU", "memory")}
         memory = [f"--memory={head['memory']}"] if "memory" in head else []
-        cmd = [
-            str(BIN / "ray"), "start", "--head",
-            f"--port={gcs_port}",
-            f"--dashboard-port={dashboard_port}",
-            f"--ray-client-server-port={_free_port()}",
-            f"--dashboard-agent-listen-port={_free_port()}",
-            f"--dashboard-agent-grpc-port={_free_port()}",
-            f"--metrics-export-port={_free_port()}",
-            f"--runtime-env-agent-port={_free_port()}",
-            f"--num-cpus={head.get('CPU', 0)}",
-            f"--num-gpus={head.get('GPU', 0)}",
-            f"--resources={json.dumps(custom)}",
-            *memory,
-            f"--temp-dir={self.root / 'ray'}",
-            f"--autoscaling-config={config_path}",
-            "--disable-usage-stats",
-        ]
+        cmd = head_command(self.root / "ray", gcs_port, dashboard_port,
+                           f"--num-cpus={head.get('CPU', 0)}", f"--num-gpus={head.get('GPU', 0)}",
+                           f"--resources={json.dumps(custom)}", *memory, f"--autoscaling-config={config_path}")
         env = self.env()
         env.update(RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1")
         # A new session: every process of this cluster (GCS, raylets, autoscaler, the fake
@@ -175,12 +119,12 @@ class FakeCluster:
 
     def stop(self) -> None:
         if self.sid is not None:
-            _kill(lambda: _session_members(self.sid))
-        _kill(lambda: _processes_mentioning(str(self.root)))  # belt and braces
+            kill_all(lambda: _session_members(self.sid))
+        kill_all(lambda: processes_mentioning(str(self.root)))  # belt and braces
 
     def leftovers(self) -> list[int]:
         members = _session_members(self.sid) if self.sid is not None else []
-        return members + _processes_mentioning(str(self.root))
+        return members + processes_mentioning(str(self.root))
 
 
 def _node_kind(info) -> str:

@@ -119,7 +119,7 @@ def test_best_json_names_the_kept_checkpoint_of_the_measured_epoch(ray_head, dem
 
 def test_ray_job_submit_runs_a_study(ray_head, demo_shards, tmp_path):
     """The path users take: `ray job submit --working-dir . -- python harness/tune.py`."""
-    # Storage as a URI, as on a cluster (s3:// / gs://): Tune and Train write through pyarrow.fs
+    # Storage as a file:// URL: the local folder it names (shards/urls.py `is_remote`)
     bucket = f"file://{tmp_path / 'bucket'}"
     space = write_tiny_study(tmp_path / "job.yaml", demo_shards, tmp_path / "runs", num_samples=1)
     ray_bin = Path(sys.executable).parent / "ray"

@@ -28,7 +28,7 @@ import pytest
 import torch
 import yaml
 
-from tests.ray_head import BIN, RayHead, free_port
+from tests.ray_head import BIN, free_port, stop_private_ray
 from tests.tiny import tiny_base, write_tiny_study
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,7 +134,7 @@ def local_cluster(monkeypatch, head: dict | None = None, worker: dict | None = N
             ray.shutdown()
         cluster.shutdown()
         # stragglers of this cluster only (their command lines name its temp folder), then the folder
-        RayHead(Path(temp_dir), address, "", {}).stop()
+        stop_private_ray(Path(temp_dir))
         if saved is not None:
             address_file.parent.mkdir(parents=True, exist_ok=True)
             address_file.write_text(saved)

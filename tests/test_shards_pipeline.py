@@ -11,7 +11,7 @@ import torch
 from shards.config import DataConfig
 from shards.errors import ShardIntegrityError
 from shards.manifest import load_manifest
-from shards.pipeline import eval_loader, steps_per_epoch, train_loader
+from shards.pipeline import eval_loader, iter_shard, steps_per_epoch, train_loader
 from tests.shard_fixtures import (jpeg_bytes, manifest_from_tars, small_crops, tiny_shards,  # noqa: F401
                                   unique_label_shards, write_tar_shard)
 
@@ -99,6 +99,42 @@ def test_corrupt_jpeg_is_skipped_and_counted(tmp_path):
     ev = eval_loader(cfg, "val", batch_size=5)
     n = sum(len(y) for _, y in ev)
     assert n == 11 and ev.skipped == 1
+
+
+def test_png_samples_are_read_by_the_train_and_the_eval_loader(tmp_path):
+    """Both loaders take the image under the same keys (jpg, jpeg, png): a red PNG shard beside a
+    blue JPEG shard comes out red and blue, nothing skipped."""
+    import io
+
+    from PIL import Image
+
+    def png(color: tuple[int, int, int]) -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", (24, 20), color).save(buf, "PNG")
+        return buf.getvalue()
+
+    red = [(f"p{i}", png((220, 20, 20)), 0) for i in range(4)]
+    blue = [(f"j{i}", jpeg_bytes(24, 20, color=(20, 20, 220)), 1) for i in range(4)]
+    recs = [write_tar_shard(tmp_path / "train-000000.tar", red, image_ext="png"),
+            write_tar_shard(tmp_path / "train-000001.tar", blue)]
+    manifest_from_tars(tmp_path, {"train": recs, "val": recs}, ["red", "blue"])
+    cfg = _cfg(tmp_path, batch_size=4)
+    ev = eval_loader(cfg, "val", batch_size=8)
+    [(x, y)] = list(ev)
+    assert y.tolist() == [0] * 4 + [1] * 4 and ev.skipped == 0
+    red_minus_blue = x[:, 0].mean((1, 2)) - x[:, 2].mean((1, 2))
+    assert (red_minus_blue[:4] > 1).all() and (red_minus_blue[4:] < -1).all()
+    batches = list(train_loader(cfg, 0, 1, 0))
+    assert sorted(int(v) for b in batches for v in b["label"]) == [0] * 4 + [1] * 4
+    assert sum(b["skipped"] for b in batches) == 0
+
+
+def test_iter_shard_groups_a_tar_by_key(tmp_path):
+    """iter_shard rests on webdataset's private `tariterators`: an upgrade that changes what it
+    yields fails here, not as empty or mislabelled batches."""
+    write_tar_shard(tmp_path / "a.tar", [("s0", b"abc", 3), ("s1", b"de", 4)], image_ext="png")
+    got = list(iter_shard(str(tmp_path / "a.tar"), "a.tar"))
+    assert [(s["__key__"], s["png"], s["cls"]) for s in got] == [("s0", b"abc", b"3"), ("s1", b"de", b"4")]
 
 
 def test_split_without_any_decodable_image_fails_instead_of_spinning(tmp_path):
