@@ -1,7 +1,6 @@
 """TorchTrainer wiring: the config's scaling and run sections turned into Ray Train objects."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import ray.train
@@ -9,11 +8,12 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from harness.config import TrainConfig, to_dict
 from harness.node_loss import fit_through_node_loss
+from shards.urls import is_remote, local_path
 
 
 def storage_uri(storage: str) -> str:
-    """Ray needs absolute local paths; URIs (s3://, gs://) pass through."""
-    return storage if "://" in storage else str(Path(storage).expanduser().resolve())
+    """Ray needs absolute local paths; bucket URIs (s3://, gs://) pass through."""
+    return storage if is_remote(storage) else str(local_path(storage).resolve())
 
 
 def worker_resources(cfg: TrainConfig) -> dict[str, float]:

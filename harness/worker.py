@@ -33,6 +33,7 @@ from harness.gpu_check import require_usable_gpu
 from harness.objective import is_probed
 from shards.augment import to_model_input
 from shards.pipeline import steps_per_epoch, train_loader
+from shards.urls import is_remote, local_path
 
 
 class NonFiniteTrainingError(RuntimeError):
@@ -88,10 +89,10 @@ class EpochLog:
 
     def __init__(self, storage: str, run_name: str, rank: int) -> None:
         self.writer = None
-        if rank == 0 and "://" not in storage:
+        if rank == 0 and not is_remote(storage):
             from tensorboardX import SummaryWriter
 
-            self.writer = SummaryWriter(str(Path(storage) / run_name / "tensorboard"))
+            self.writer = SummaryWriter(str(local_path(storage) / run_name / "tensorboard"))
 
     def write(self, epoch: int, metrics: dict[str, float]) -> None:
         if self.writer is None:
@@ -112,8 +113,8 @@ class TimeMarks:
     def __init__(self, storage: str, run_name: str, rank: int) -> None:
         import psutil
 
-        local = rank == 0 and "://" not in storage
-        self.path = Path(storage) / run_name / f"timing-{os.getpid()}.json" if local else None
+        local = rank == 0 and not is_remote(storage)
+        self.path = local_path(storage) / run_name / f"timing-{os.getpid()}.json" if local else None
         self.marks: dict[str, float] = {"process_start": psutil.Process().create_time(), "loop_start": time.time()}
         self.epochs: list[dict[str, float]] = []
 

@@ -2,6 +2,7 @@
 shrunk to a tiny Swin for CPU, from a checkpoint in the official layout, with the official MIL form."""
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -41,7 +42,8 @@ def test_paper_recipe_trains_from_an_official_checkpoint_with_the_official_mil_t
     cfg = load_config(str(PAPER), overrides)
     assert cfg.loss.mil_form == "official" and cfg.eval.probe_feature == "last4"  # the recipe's, not ours
     torch.manual_seed(1)
-    source = CMDEngine(cfg.model, cfg.loss, cfg.optim, steps_per_epoch=1, global_batch=8)
+    source = CMDEngine(dataclasses.replace(cfg.model, init_checkpoint=None), cfg.loss, cfg.optim,
+                       steps_per_epoch=1, global_batch=8)
     with torch.no_grad():  # a teacher unlike any fresh init
         for p in source.teacher.parameters():
             p.add_(torch.randn_like(p))
