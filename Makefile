@@ -22,11 +22,13 @@ demo: $(STAMP)  ## a whole study on the generated demo set, then its one test me
 	$(BIN)/python harness/tune.py --space tune_spaces/demo.yaml
 	$(BIN)/python -m harness.final runs/demo
 
-test: $(STAMP)  ## the test suite (shared-Ray tests, then the isolated autoscaling test)
+test: $(STAMP)  ## lint (ruff), then the test suite (shared-Ray tests, then the isolated autoscaling test)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest tests -m "not isolated"
 	CMD_HARNESS_ISOLATED=1 $(BIN)/python -m pytest tests -m isolated
 
-test-fast: $(STAMP)  ## unit tests only, no Ray trials
+test-fast: $(STAMP)  ## lint and unit tests only, no Ray trials
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest tests -m "not slow and not isolated"
 
 bench: $(STAMP)  ## the benchmarks in bench/ (ratios against in-run baselines)

@@ -5,7 +5,7 @@
     python bench/goodput.py --from-record FILE   # the breakdown of an earlier `--record FILE` run
 
 (harness) the demo study (`tune_spaces/demo.yaml`: its model, data, search space, Optuna TPE and
-          ASHA, `max_t` = the epochs asked for) built by the harness's own `harness.study.build_tuner`
+          ASHA, `max_t` = the epochs asked for) built by the harness's own `harness.tuner.build_tuner`
           on a private Ray head (`ray start --head`, 2 CPUs as `make demo` gets here, dashboard on).
 (floor)   Ray's floor, same run, same head: a Tune trial whose driver builds a TorchTrainer with the
           harness's settings (made by `harness.trainer.build_trainer`: resources, run config,
@@ -17,7 +17,7 @@
 Where the time goes comes from measured timestamps only: Tune callback times (trial start, each
 result, complete), Ray's task table (when each actor was submitted, started and ready: the trial
 actor, the Train controller, the Train worker, tied together by which created which) and the worker's
-own marks (`timing-<pid>.json`, written by `harness.worker.TimeMarks`: process start, loop start,
+own marks (`timing-<pid>.json`, written by `harness.train_loop.TimeMarks`: process start, loop start,
 model built, first step, per epoch loader start, train-step and data-wait seconds, probe,
 checkpoint + report). Worker import time is measured in a fresh process with `python -X importtime`.
 
@@ -78,7 +78,7 @@ class Stamps(tune.Callback):
 def trivial_loop(config: dict[str, Any]) -> None:
     """Ray's floor: the harness loop's shape (a report with a checkpoint per epoch), no work.
 
-    Writes the same `timing-<pid>.json` marks as harness.worker.TimeMarks, from stdlib + psutil
+    Writes the same `timing-<pid>.json` marks as harness.train_loop.TimeMarks, from stdlib + psutil
     only, so the floor's worker imports nothing of the harness.
     """
     import psutil
@@ -108,7 +108,7 @@ TUNED_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_CHECK
 
 
 def floor_driver(params: dict[str, Any], prototype: dict[str, Any], env: dict[str, str]) -> None:
-    """A trial like harness.study.trial_driver: a TorchTrainer with the harness's settings (scaling,
+    """A trial like harness.tuner.trial_driver: a TorchTrainer with the harness's settings (scaling,
     run and checkpoint config, made by `harness.trainer.build_trainer` in the bench process and
     passed in) and the trivial loop. It imports only Ray, so its start-up is Ray's own."""
     import dataclasses
@@ -215,18 +215,18 @@ def timeline(trial_id: str, stamp: dict[str, Any], rec: dict[str, Any]) -> dict[
 
 def import_seconds() -> dict[str, float]:
     """Seconds a fresh interpreter spends importing what the harness adds on top of Ray: the trial
-    driver's module (harness.study, unpickled by Tune's trial actor) and the Train worker's
-    (harness.worker), each after the Ray modules the floor imports too."""
+    driver's module (harness.tuner, unpickled by Tune's trial actor) and the Train worker's
+    (harness.train_loop), each after the Ray modules the floor imports too."""
     out = {}
-    for name, ray_part in (("harness.study", "ray.tune, ray.train.torch, ray.tune.integration.ray_train"),
-                           ("harness.worker", "ray.train, ray.train.torch")):
+    for name, ray_part in (("harness.tuner", "ray.tune, ray.train.torch, ray.tune.integration.ray_train"),
+                           ("harness.train_loop", "ray.train, ray.train.torch")):
         proc = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {ray_part}; import {name}"],
                               capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
                               check=True)
         for line in proc.stderr.splitlines():
             match = re.match(r"import time:\s+\d+ \|\s+(\d+) \| (\S+)$", line)  # top level: one space
             if match and match.group(2) in (name, "ray.train.torch"):
-                role = "driver" if name == "harness.study" else "worker"
+                role = "driver" if name == "harness.tuner" else "worker"
                 out[f"{match.group(2)} ({role})"] = int(match.group(1)) / 1e6
     return out
 
@@ -267,11 +267,11 @@ def summarise(label: str, res: dict[str, Any], slots: int) -> dict[str, Any]:
 def measure(args: argparse.Namespace, trials: int, epochs: int) -> dict[str, Any]:
     """Run the floor study and the demo study on one private head; everything measured, as JSON."""
     from harness.config import build_config
-    from harness.data_check import prepare_paths
+    from harness.preflight import prepare_paths
     from harness.ray_session import connect, quiet_tune
-    from harness.space import load_study
-    from harness.study import build_tuner
+    from harness.study_file import load_study
     from harness.trainer import build_trainer
+    from harness.tuner import build_tuner
     from tests.ray_head import attached, start_head
 
     overrides: dict[str, Any] = {"optim.epochs": epochs}

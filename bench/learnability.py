@@ -28,7 +28,7 @@ import torch.nn.functional as F  # noqa: E402
 from cmd_model.backbone import build_backbone  # noqa: E402
 from cmd_model.config import ModelConfig  # noqa: E402
 from harness.config import load_config  # noqa: E402
-from harness.data_check import prepare_paths  # noqa: E402
+from harness.preflight import prepare_paths  # noqa: E402
 from shards.config import DataConfig  # noqa: E402
 from shards.pipeline import eval_loader  # noqa: E402
 

@@ -93,10 +93,10 @@ def write_table(study, uris: list[str], out: Path, started: float) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from harness.config import build_config, set_dotted
-    from harness.data_check import prepare_paths
+    from harness.preflight import prepare_paths
     from harness.ray_session import connect, quiet_tune
-    from harness.space import load_study
-    from harness.study import build_tuner
+    from harness.study_file import load_study
+    from harness.tuner import build_tuner
 
     study = load_study(args.space)
     study.search.sampler, study.search.num_samples = "random", args.samples

@@ -11,7 +11,7 @@ snaps the sampled config to the nearest recorded one (in the unit cube of the sp
 loguniform keys) and reports that config's recorded curve, one epoch at a time. So a config means
 its recorded curve, and search can only find what was recorded.
 
-Each arm runs the harness's own decisions through real Ray Tune (`harness.study.tune_config` on
+Each arm runs the harness's own decisions through real Ray Tune (`harness.tuner.tune_config` on
 the demo study: BudgetAwareOptunaSearch + ResumableASHA, or Tune's BasicVariantGenerator):
   random:       `--samples` trials of max_t epochs, no early stopping; its best final value is the target;
   random+ASHA:  the same random draws, stopped by the study's ASHA;
@@ -42,7 +42,7 @@ if __package__ in (None, ""):
 import pandas as pd  # noqa: E402
 
 from harness.objective import rung_epochs  # noqa: E402
-from harness.space import Dist, Study, load_study  # noqa: E402
+from harness.study_file import Dist, Study, load_study  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = ROOT / "bench" / "data" / "demo_curves.parquet"
@@ -124,7 +124,7 @@ def run_arm(base: Study, table: Table, arm: str, seed: int, args: argparse.Names
     """[(epochs spent so far, trial id, epoch, value)] in the order Tune received them."""
     from ray import tune
 
-    from harness.study import tune_config
+    from harness.tuner import tune_config
 
     log: list[tuple[int, str, int, float]] = []
 
@@ -217,13 +217,15 @@ def main(argv: list[str] | None = None) -> int:
         spent = frame[arm].fillna(frame["budget"])  # not reached: the whole budget, a lower bound
         ratio = spent / frame["random"]
         reached = int(frame[arm].notna().sum())
-        print(f"[search] {arm}: median epochs {statistics.median(spent):.0f} vs random {statistics.median(frame['random']):.0f}; "
+        print(f"[search] {arm}: median epochs {statistics.median(spent):.0f} "
+              f"vs random {statistics.median(frame['random']):.0f}; "
               f"ratio to random per seed {[round(r, 2) for r in ratio]}, median {statistics.median(ratio):.3f}; "
               f"reached the target in {reached}/{len(frame)} seeds (the others count their whole budget)")
     if {"tpe+asha", "random+asha"} <= set(frame):
         a = frame["tpe+asha"].fillna(frame["budget"])
         b = frame["random+asha"].fillna(frame["budget"])
-        print(f"[search] TPE+ASHA vs random+ASHA: median epochs {statistics.median(a):.0f} vs {statistics.median(b):.0f}; "
+        print(f"[search] TPE+ASHA vs random+ASHA: median epochs {statistics.median(a):.0f} "
+              f"vs {statistics.median(b):.0f}; "
               f"TPE fewer in {int((a < b).sum())}/{len(frame)} seeds, tied {int((a == b).sum())}")
     print(f"[search] {seeds} seeds, {time.time() - start:.0f} s wall")
     return 0

@@ -7,7 +7,7 @@
 (harness) the real Ray Train path: a private `ray start --head` (free ports, dashboard on; stopped
           by its own processes, never `ray stop`), `harness.train.run` -> TorchTrainer with 1 worker
           (world size 1: the process group is up, so the step's all-reduces run) -> the real
-          `harness.worker.train_loop_per_worker`: shard loader (decode + multi-crop) ->
+          `harness.train_loop.train_loop_per_worker`: shard loader (decode + multi-crop) ->
           `to_model_input` -> `CMDEngine.train_step`. Ray start-up and the first epoch (warm-up,
           loader start) are excluded: images/s is the worker's own per-epoch meter
           (images / epoch wall time, loader waits included) over epochs 2.., read from the final
@@ -103,7 +103,7 @@ def premade_views(cfg: TrainConfig, device: torch.device) -> list[torch.Tensor]:
 
 
 def new_engine(cfg: TrainConfig, device: torch.device) -> CMDEngine:
-    from harness.worker import amp_dtype
+    from harness.train_loop import amp_dtype
 
     torch.manual_seed(cfg.run.seed)
     return CMDEngine(cfg.model, cfg.loss, cfg.optim, steps_per_epoch=cfg.data.samples_per_epoch // cfg.data.batch_size,

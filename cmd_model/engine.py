@@ -7,8 +7,9 @@ last-layer freeze, optimizer step, EMA teacher update.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist

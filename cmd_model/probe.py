@@ -76,8 +76,8 @@ def paper_probe(
 ) -> PaperProbe:
     """The official protocol (EsViT/DINO eval_linear.py): a linear layer (weight N(0, 0.01), bias 0)
     on the raw frozen features (the official ones are `last4`), SGD momentum 0.9, no weight decay,
-    lr = lr * batch_size / 256, cosine annealing to 0 over `epochs`, shuffled mini-batches. Returns the last epoch's test
-    top-1 and, separately, the best over epochs (the official script's number).
+    lr = lr * batch_size / 256, cosine annealing to 0 over `epochs`, shuffled mini-batches. Returns the last
+    epoch's test top-1 and, separately, the best over epochs (the official script's number).
 
     Difference: features are extracted once (no RandomResizedCrop/flip per epoch; see README)."""
     g = torch.Generator().manual_seed(seed)

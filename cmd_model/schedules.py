@@ -42,7 +42,7 @@ class Schedules:
     teacher_temp: np.ndarray
 
     @classmethod
-    def build(cls, optim: OptimConfig, loss: LossConfig, steps_per_epoch: int, global_batch: int) -> "Schedules":
+    def build(cls, optim: OptimConfig, loss: LossConfig, steps_per_epoch: int, global_batch: int) -> Schedules:
         """lr = optim.lr * global_batch / 256 (linear scaling rule), warm-up optim.warmup_epochs then
         cosine to min_lr; wd cosine weight_decay -> weight_decay_end; momentum cosine
         momentum_teacher -> 1 (main_esvit.py train_esvit)."""

@@ -13,7 +13,7 @@ from typing import Any
 from ray.tune import ExperimentAnalysis
 from ray.tune.schedulers import ASHAScheduler
 
-from harness.search import measured_step
+from harness.searcher import measured_step
 
 
 class ResumableASHA(ASHAScheduler):

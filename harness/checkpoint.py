@@ -14,8 +14,9 @@ import io
 import json
 import posixpath
 import random
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import torch
@@ -103,7 +104,7 @@ class _HashingWriter(io.RawIOBase):
 
 def detached_copy(tree: Any) -> Any:
     """`tree` with every tensor copied to CPU memory: a snapshot that training can go on
-    changing in place while a background thread writes it (harness/worker.py)."""
+    changing in place while a background thread writes it (harness/train_loop.py)."""
     if isinstance(tree, torch.Tensor):
         return tree.detach().to("cpu", copy=True)
     if isinstance(tree, dict):
@@ -161,7 +162,7 @@ def load_checkpoint(folder: str | Path, config: dict[str, Any]) -> dict[str, Any
     return state
 
 
-def newest_first(latest: "ray.train.Checkpoint") -> Iterator["ray.train.Checkpoint"]:
+def newest_first(latest: ray.train.Checkpoint) -> Iterator[ray.train.Checkpoint]:
     """`latest`, then the run's older checkpoints, newest first.
 
     Ray Train gives a worker only the latest checkpoint (`ray.train.get_checkpoint()`); the
@@ -180,7 +181,7 @@ def newest_first(latest: "ray.train.Checkpoint") -> Iterator["ray.train.Checkpoi
         yield ray.train.Checkpoint(posixpath.join(parent, sibling), filesystem=latest.filesystem)
 
 
-def restore_newest_intact(latest: "ray.train.Checkpoint",
+def restore_newest_intact(latest: ray.train.Checkpoint,
                           config: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
     """(the state of the newest intact checkpoint, a line naming the damaged latest one and the
     one used instead, or None when the latest is intact)."""

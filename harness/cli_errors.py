@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from harness.config import ConfigError
 from shards.errors import DatasetLayoutError, ManifestError, ShardIntegrityError

@@ -20,7 +20,7 @@ import typing
 from cmd_model.config import Method, MILForm
 from harness.cli_errors import exit_on_user_error
 from harness.config import ConfigError, TrainConfig, load_config
-from harness.data_check import prepare_paths
+from harness.preflight import prepare_paths
 
 # method name -> config overrides
 VARIANTS: dict[str, tuple[str, ...]] = {
@@ -58,9 +58,9 @@ def starting_metrics(cfg: TrainConfig) -> dict[str, float]:
     from cmd_model.init_checkpoint import restore_init_checkpoint
     from cmd_model.loss import CMDLoss
     from cmd_model.network import build_networks
-    from harness.evaluation import evaluate_backbone
+    from harness.backbone_eval import evaluate_backbone
 
-    torch.manual_seed(cfg.run.seed)  # as harness/worker.py before it builds the engine
+    torch.manual_seed(cfg.run.seed)  # as harness/train_loop.py before it builds the engine
     student, teacher = build_networks(cfg.model, cfg.loss)
     if cfg.model.init_checkpoint:
         restore_init_checkpoint(student, teacher, CMDLoss(cfg.model.out_dim, cfg.loss), cfg.model.init_checkpoint)

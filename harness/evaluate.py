@@ -63,7 +63,7 @@ def evaluate_checkpoint(checkpoint: str, overrides: list[str] | None = None, dat
     overridden), kNN for every eval.knn_k and, with `paper`, the official linear-probe protocol."""
     from cmd_model.knn import knn_top1
     from cmd_model.probe import paper_probe
-    from harness.evaluation import score_features, split_features
+    from harness.backbone_eval import score_features, split_features
 
     state, cfg, path = read_run_state(checkpoint)
     changes = parse_overrides(overrides or [])

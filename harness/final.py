@@ -38,13 +38,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def measure(checkpoint: Path, split: str, device: str) -> dict[str, Any]:
     """The study's evaluation of `checkpoint`'s teacher, with `split` in place of the val split."""
-    from harness.data_check import prepare_paths
+    from harness.backbone_eval import evaluate_backbone
     from harness.evaluate import load_teacher_backbone, read_run_state
-    from harness.evaluation import evaluate_backbone
+    from harness.preflight import prepare_paths
 
     state, cfg, state_file = read_run_state(str(checkpoint))
     if split in (cfg.data.train_split, cfg.data.val_split):
-        raise ConfigError(f"--split {split!r} is the run's {'train' if split == cfg.data.train_split else 'validation'} "
+        role = "train" if split == cfg.data.train_split else "validation"
+        raise ConfigError(f"--split {split!r} is the run's {role} "
                           "split: the final measurement needs a held-out split")
     cfg = prepare_paths(cfg, state_file)
     backbone = load_teacher_backbone(state, cfg, device)

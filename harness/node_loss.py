@@ -9,7 +9,7 @@ committed checkpoint), up to `run.max_node_losses` times; any other error is rai
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import ray
 from ray.exceptions import RayActorError

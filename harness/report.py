@@ -28,13 +28,13 @@ from optuna.trial import TrialState  # noqa: E402
 
 from harness.cli_errors import exit_on_user_error  # noqa: E402
 from harness.results import CURVES_PARQUET, TRIALS_PARQUET, collect, describe_best, plain, write_results  # noqa: E402
-from harness.search import optuna_distribution, outcome  # noqa: E402
-from harness.space import STUDY_FILE, Study, load_study  # noqa: E402
+from harness.searcher import optuna_distribution, outcome  # noqa: E402
+from harness.study_file import STUDY_FILE, Study, load_study  # noqa: E402
 from shards.urls import is_remote, local_path  # noqa: E402
 
 
 def optuna_study(study: Study, trials: pd.DataFrame, curves: pd.DataFrame) -> optuna.Study:
-    """The trials as Optuna was told them (harness/search.py `outcome`), for Optuna's own plots:
+    """The trials as Optuna was told them (harness/searcher.py `outcome`), for Optuna's own plots:
     its best trial is the study's best."""
     direction = "maximize" if study.mode == "max" else "minimize"
     ot = optuna.create_study(direction=direction)
@@ -107,7 +107,8 @@ def write_plots(study: Study, study_dir: str | Path, out_dir: str | Path) -> lis
     if len(ot.get_trials(states=[TrialState.COMPLETE])) >= 2:
         from optuna.visualization import matplotlib as omp
 
-        plots = {"optimization_history": (omp.plot_optimization_history, optuna.visualization.plot_optimization_history),
+        plots = {"optimization_history": (omp.plot_optimization_history,
+                                          optuna.visualization.plot_optimization_history),
                  "parallel_coordinates": (omp.plot_parallel_coordinate, optuna.visualization.plot_parallel_coordinate),
                  "param_importances": (omp.plot_param_importances, optuna.visualization.plot_param_importances)}
         for stem, (png_fn, html_fn) in plots.items():
@@ -153,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     state = tune_state(folder, args.storage)
     best = write_results(study, state, folder)
     files = write_plots(study, state, folder)
-    print(f"[report] {folder / TRIALS_PARQUET}, {folder / CURVES_PARQUET}, {len(files)} plot files in {folder / 'plots'}")
+    print(f"[report] {folder / TRIALS_PARQUET}, {folder / CURVES_PARQUET}, "
+          f"{len(files)} plot files in {folder / 'plots'}")
     if best:
         print(f"[report] {describe_best(best)}")
     return 0

@@ -17,7 +17,7 @@ from ray.tune import ExperimentAnalysis
 from harness.config import to_dict
 from harness.console import first_error_line
 from harness.objective import rank_trials
-from harness.space import Study
+from harness.study_file import Study
 
 TRIALS_PARQUET, TRIALS_CSV, CURVES_PARQUET = "results.parquet", "results.csv", "curves.parquet"
 BEST_CONFIG, BEST_JSON = "best_config.yaml", "best.json"

@@ -16,8 +16,8 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 
 from harness.cli_errors import exit_on_user_error  # noqa: E402
 from harness.config import TrainConfig, load_config  # noqa: E402
-from harness.data_check import prepare_paths  # noqa: E402
 from harness.job_paths import keep_out_of_job_copy  # noqa: E402
+from harness.preflight import prepare_paths  # noqa: E402
 from harness.ray_session import choose_address  # noqa: E402
 
 

@@ -24,10 +24,10 @@ def worker_resources(cfg: TrainConfig) -> dict[str, float]:
     return resources
 
 
-def train_loop(config: dict[str, Any]) -> None:
+def lazy_train_loop(config: dict[str, Any]) -> None:
     """The Train workers' entry point. The model code (timm, torchvision, cmd_model) is imported
     here, on the worker: a trial's driver, which only builds the trainer, never pays for it."""
-    from harness.worker import train_loop_per_worker
+    from harness.train_loop import train_loop_per_worker
 
     train_loop_per_worker(config)
 
@@ -39,7 +39,7 @@ def build_trainer(cfg: TrainConfig, name: str, callbacks: list[Any] | None = Non
     Ray Train's own INFO logs (placement, per-report lines) only with `verbose`.
     """
     return TorchTrainer(
-        train_loop,
+        lazy_train_loop,
         train_loop_config=to_dict(cfg),
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(

@@ -22,11 +22,11 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 
 from harness.cli_errors import exit_on_user_error  # noqa: E402
 from harness.config import parse_overrides, to_dict  # noqa: E402
-from harness.data_check import is_remote, prepare_paths  # noqa: E402
 from harness.job_paths import keep_out_of_job_copy, outside_job_copy  # noqa: E402
 from harness.objective import rung_epochs  # noqa: E402
+from harness.preflight import is_remote, prepare_paths  # noqa: E402
 from harness.ray_session import choose_address  # noqa: E402
-from harness.space import Study, load_study  # noqa: E402
+from harness.study_file import Study, load_study  # noqa: E402
 
 DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "tune_spaces" / "demo.yaml"
 
@@ -114,7 +114,7 @@ def random_init_baseline(study: Study, folder: Path) -> dict[str, float]:
     import torch
 
     from cmd_model.backbone import build_backbone
-    from harness.evaluation import evaluate_backbone
+    from harness.backbone_eval import evaluate_backbone
 
     torch.manual_seed(study.base.run.seed)
     backbone = build_backbone(study.base.model)
@@ -146,13 +146,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[study] random-init backbone: probe_top1 {baseline['probe_top1']:.4f} "
               f"knn_top1 {baseline['knn_top1']:.4f}", flush=True)
 
+    import ray
+
     from harness.console import summary_table
     from harness.ray_session import connect, quiet_tune
     from harness.report import write_plots
     from harness.results import collect, describe_best, write_results
-    from harness.study import build_tuner, unschedulable
-
-    import ray
+    from harness.tuner import build_tuner, unschedulable
 
     quiet_tune(args.verbose)
     connect(verbose=args.verbose, log_to_driver=args.verbose)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Sequence, get_args
+from collections.abc import Sequence
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
@@ -249,11 +250,11 @@ def photometric(views: list[Tensor], cfg: CropConfig, generator: torch.Generator
             if not bool((mj | mg | mb | ms).any()):
                 continue
             x = v[sl].to(torch.float32, copy=True)
-            _on(x, mj, lambda s, idx: _jitter(s, {k: t[sl][idx] for k, t in f.items()}, order, top))
+            _on(x, mj, lambda s, idx: _jitter(s, {k: t[sl][idx] for k, t in f.items()}, order, top))  # noqa: B023 (applied at once, in this iteration)
             _on(x, mg, lambda s, idx: _gray(s).expand(-1, 3, -1, -1))
-            _on(x, mb, lambda s, idx: gaussian_blur(s, sigma[sl][idx]))
+            _on(x, mb, lambda s, idx: gaussian_blur(s, sigma[sl][idx]))  # noqa: B023
             thr = 128.0 if is_u8 else 0.5  # PIL ImageOps.solarize(threshold=128): invert pixels >= 128
-            _on(x, ms, lambda s, idx: torch.where(s >= thr, top - s, s))
+            _on(x, ms, lambda s, idx: torch.where(s >= thr, top - s, s))  # noqa: B023
             res[sl] = x.add_(0.5).clamp_(0, 255) if is_u8 else x  # rounds on the uint8 cast
         out.append(res)
     return out

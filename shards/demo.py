@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+
 @dataclass(frozen=True)
 class DemoStyle:
     """How hard the demo is. The defaults were chosen so that a few CPU-minutes of CMD
@@ -239,7 +240,8 @@ def contact_sheet(root: Path, out: Path, per_class: int = 8, scale: int = 2) -> 
     for r, cd in enumerate(rows):
         d.text((4, r * (h + 2) + h // 2 - 5), cd.name, fill=(0, 0, 0))
         for c, f in enumerate(sorted(cd.glob("*.jpg"))[:per_class]):
-            sheet.paste(Image.open(f).convert("RGB").resize((w, h), Image.NEAREST), (label_w + c * (w + 2), r * (h + 2)))
+            tile = Image.open(f).convert("RGB").resize((w, h), Image.NEAREST)
+            sheet.paste(tile, (label_w + c * (w + 2), r * (h + 2)))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)

@@ -89,7 +89,7 @@ class Manifest:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], base: str = "") -> "Manifest":
+    def from_dict(cls, d: dict[str, Any], base: str = "") -> Manifest:
         splits = {
             s: [ShardRecord(**r) for r in (v["shards"] if isinstance(v, dict) else v)]
             for s, v in d.get("splits", {}).items()

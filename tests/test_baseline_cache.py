@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from harness.space import load_study
+from harness.study_file import load_study
 from harness.tune import BASELINE_FILE, baseline_key, random_init_baseline
 from tests.tiny import write_tiny_study
 

@@ -115,7 +115,7 @@ def test_no_intact_checkpoint_left_is_one_error(tmp_path):
 
 
 def test_a_snapshot_written_after_training_went_on_is_the_state_at_report_time(tmp_path):
-    """The async checkpoint (harness/worker.py): rank 0 snapshots the state, trains on while Ray's
+    """The async checkpoint (harness/train_loop.py): rank 0 snapshots the state, trains on while Ray's
     upload thread writes it. What is written must be the state at the snapshot, bit for bit."""
     from cmd_model.config import LossConfig, OptimConfig
     from cmd_model.engine import CMDEngine

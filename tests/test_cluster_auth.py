@@ -22,8 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_autoscaling import (BIN, ISOLATED_MARKS, _free_port, _kill, _processes_mentioning,
-                                    _session_members)
+from tests.test_autoscaling import BIN, ISOLATED_MARKS, _free_port, _kill, _processes_mentioning, _session_members
 
 pytestmark = ISOLATED_MARKS
 

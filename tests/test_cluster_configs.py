@@ -18,12 +18,12 @@ import re
 import shlex
 import subprocess
 import sys
-import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 from packaging.specifiers import SpecifierSet
 
@@ -813,10 +813,10 @@ def test_ray_clusters_autoscale_gpu_groups_from_zero_and_only_the_head_holds_dri
 
 def test_every_ray_container_runs_the_one_project_image():
     images = set()
-    for where, spec in ray_cluster_specs():
-        for name, pod in pod_specs(spec):
+    for _where, spec in ray_cluster_specs():
+        for _name, pod in pod_specs(spec):
             images |= {c["image"] for c in pod["containers"]}
-    for where, job in ray_jobs():
+    for _where, job in ray_jobs():
         images |= {c["image"] for c in job["spec"]["submitterPodTemplate"]["spec"]["containers"]}
     assert len(images) == 1, f"one project image everywhere, got {images}"
     image = images.pop()

@@ -97,7 +97,8 @@ def test_resume_from_mid_run_state_is_bitwise_exact(variant):
     torch.save({"engine": a.state_dict()}, buf)
     ref = a.train_step(_views(2), 2, 0)
     torch.manual_seed(123)  # a different init: everything must come from the state
-    b = CMDEngine(tiny_vit_config(**MODELS[variant]), cfg, OptimConfig(epochs=4, warmup_epochs=1, lr=0.05, freeze_last_layer=0),
+    b = CMDEngine(tiny_vit_config(**MODELS[variant]), cfg,
+                  OptimConfig(epochs=4, warmup_epochs=1, lr=0.05, freeze_last_layer=0),
                   steps_per_epoch=3, global_batch=4)
     buf.seek(0)
     b.load_state_dict(torch.load(buf, weights_only=True)["engine"])

@@ -23,7 +23,7 @@ from harness.config import (
     set_dotted,
     to_dict,
 )
-from harness.data_check import check_model_builds
+from harness.preflight import check_model_builds
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = str(ROOT / "tune_spaces/demo.yaml")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from harness.config import build_config, load_config
-from harness.search import load_search_state
+from harness.searcher import load_search_state
 from tests.tiny import tiny_base, write_tiny_study
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,17 +8,17 @@ import torch
 from cmd_model.engine import CMDEngine
 from cmd_model.features import extract_features
 from cmd_model.knn import knn_top1
+from harness.backbone_eval import evaluate_backbone
 from harness.checkpoint import save_checkpoint
 from harness.config import TrainConfig, build_config, to_dict
 from harness.evaluate import main
-from harness.evaluation import evaluate_backbone
 from shards.pipeline import eval_loader
 
 torch.set_num_threads(2)
 
 
 def _run_checkpoint(folder, demo_shards) -> tuple[TrainConfig, CMDEngine]:
-    """A checkpoint folder as harness/worker.py writes it, for a tiny ViT run on the demo shards
+    """A checkpoint folder as harness/train_loop.py writes it, for a tiny ViT run on the demo shards
     whose eval settings differ from the defaults (probe on last4, seed 3)."""
     cfg = build_config({
         "data": {"shards": str(demo_shards), "crops": {"eval_size": 32, "eval_resize": 36}},

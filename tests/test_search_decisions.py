@@ -15,9 +15,9 @@ from ray import tune
 
 from harness.asha import ResumableASHA
 from harness.results import epoch_reports
-from harness.search import load_search_state, measured_step
-from harness.space import load_study
-from harness.study import tune_config
+from harness.searcher import load_search_state, measured_step
+from harness.study_file import load_study
+from harness.tuner import tune_config
 from tests.tiny import write_tiny_study
 
 MAX_T = 4  # rungs at epochs 1, 2 and 4 (grace 1, reduction factor 2)

@@ -10,9 +10,9 @@ from scipy.stats import ks_2samp
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
-from shards.augment import (_hue, _jitter, gaussian_blur, multicrop, normalize, photometric, rrc_params,
-                            to_model_input)
+from shards.augment import _hue, _jitter, gaussian_blur, multicrop, normalize, photometric, rrc_params, to_model_input
 from shards.config import CropConfig
+
 
 @pytest.fixture(autouse=True)
 def _one_thread():

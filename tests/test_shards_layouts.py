@@ -43,7 +43,8 @@ def test_cub_official_split_labels_and_boxes(tmp_path):
     root = tmp_path / "CUB_200_2011"
     classes = make_mini_cub(root, [(3, 2), (2, 2), (4, 1)])
     out = tmp_path / "sh"
-    write_dataset("cub", tmp_path, out, shard_size=4, progress=False, val_fraction=0)  # parent of CUB_200_2011 works too
+    # the parent of CUB_200_2011 works too
+    write_dataset("cub", tmp_path, out, shard_size=4, progress=False, val_fraction=0)
     m = load_manifest(out)
     assert m.classes == classes and m.layout == "cub" and list(m.splits) == ["train", "test"]
     assert m.split_size("train") == 9 and m.split_size("test") == 5

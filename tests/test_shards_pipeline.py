@@ -12,8 +12,14 @@ from shards.config import DataConfig
 from shards.errors import ShardIntegrityError
 from shards.manifest import load_manifest
 from shards.pipeline import eval_loader, iter_shard, steps_per_epoch, train_loader
-from tests.shard_fixtures import (jpeg_bytes, manifest_from_tars, small_crops, tiny_shards,  # noqa: F401
-                                  unique_label_shards, write_tar_shard)
+from tests.shard_fixtures import (  # noqa: F401
+    jpeg_bytes,
+    manifest_from_tars,
+    small_crops,
+    tiny_shards,
+    unique_label_shards,
+    write_tar_shard,
+)
 
 
 def _cfg(shards, **kw) -> DataConfig:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.data_check import check_init_checkpoint
 from harness.job_paths import outside_job_copy
+from harness.preflight import check_init_checkpoint
 from shards.urls import is_remote, join, local_path
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from harness.search import load_search_state
+from harness.searcher import load_search_state
 from tests.tiny import write_tiny_study
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -60,7 +60,7 @@ def read_lines(path: Path, expected: str) -> list[list[str]]:
     if not path.is_file():
         raise DatasetLayoutError(f"{path} is missing (expected {expected})")
     out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+    for _n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         if line.strip():
             out.append(line.split())
     return out

@@ -29,7 +29,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from harness.space import Dist
+from harness.study_file import Dist
 
 
 def optuna_distribution(d: Dist) -> BaseDistribution:

@@ -73,7 +73,7 @@ def check_model_builds(cfg: TrainConfig, source: str) -> None:
             loss = CMDLoss(cfg.model.out_dim, cfg.loss)
             views = [torch.zeros(batch, 3, s, s) for s in sizes]
             # This checks what is built, not the values: a non-finite loss is the train loop's to
-            # report, with its epoch, step and term (harness/worker.py).
+            # report, with its epoch, step and term (harness/train_loop.py).
             with contextlib.suppress(NonFiniteLossError):
                 loss(student(views), teacher(views[:2]), cfg.loss.teacher_temp)
             eval_crop = torch.zeros(1, 3, crops.eval_size, crops.eval_size)

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from harness.config import ConfigError, field_paths, get_dotted, parse_overrides
-from harness.space import load_study
+from harness.study_file import load_study
 
 ROOT = Path(__file__).resolve().parent.parent
 SPACES = sorted((ROOT / "tune_spaces").glob("*.yaml"))

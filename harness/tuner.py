@@ -17,8 +17,8 @@ from ray.tune.search import BasicVariantGenerator
 from harness.asha import ResumableASHA
 from harness.config import build_config
 from harness.console import TrialProgress, quiet_train_console
-from harness.search import BudgetAwareOptunaSearch
-from harness.space import Study
+from harness.searcher import BudgetAwareOptunaSearch
+from harness.study_file import Study
 from harness.trainer import fit
 
 

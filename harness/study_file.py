@@ -92,7 +92,8 @@ class SearchSettings:
     num_samples: Annotated[int, Ge(1)] = 8
     max_concurrent: Annotated[int, Ge(1)] = 1
     seed: int = 0
-    startup_trials: Annotated[int, Ge(0)] = 10  # TPE samples at random until this many trials were told (Optuna's default)
+    # TPE samples at random until this many trials were told (Optuna's default 10)
+    startup_trials: Annotated[int, Ge(0)] = 10
     multivariate: bool = False  # TPE models the parameters jointly (Falkner et al. 2018) or one by one
 
 
@@ -208,11 +209,11 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
     set_dotted(base_dict, "optim.epochs", scheduler.max_t)
     base = build_config(base_dict, source=str(source))
     if scheduler.type == "asha":
-        missing = unprobed_rungs(scheduler.grace_period, scheduler.max_t, scheduler.reduction_factor,
-                                 base.eval.probe_every)
+        rungs = (scheduler.grace_period, scheduler.max_t, scheduler.reduction_factor)
+        missing = unprobed_rungs(*rungs, base.eval.probe_every)
         if missing:
             raise ConfigError(
-                f"{source}: ASHA compares trials at epochs {rung_epochs(scheduler.grace_period, scheduler.max_t, scheduler.reduction_factor)}"
+                f"{source}: ASHA compares trials at epochs {rung_epochs(*rungs)}"
                 f" but 'eval.probe_every' = {base.eval.probe_every} measures no probe at epoch(s) {missing}: "
                 f"set eval.probe_every to a divisor of every rung epoch")
 

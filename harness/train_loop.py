@@ -20,6 +20,7 @@ import torch
 
 from cmd_model.engine import CMDEngine
 from cmd_model.loss import NonFiniteLossError
+from harness.backbone_eval import evaluate_backbone
 from harness.checkpoint import (
     detached_copy,
     restore_newest_intact,
@@ -28,7 +29,6 @@ from harness.checkpoint import (
     set_rng_state,
 )
 from harness.config import TrainConfig, build_config, to_dict
-from harness.evaluation import evaluate_backbone
 from harness.gpu_check import require_usable_gpu
 from harness.objective import is_probed
 from shards.augment import to_model_input
