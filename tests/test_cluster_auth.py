@@ -10,7 +10,6 @@ would only slow them down).
 """
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
 import subprocess
@@ -22,15 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_autoscaling import BIN, ISOLATED_MARKS, _free_port, _kill, _processes_mentioning, _session_members
+from tests.ray_head import free_port, head_command, kill_all, private_env, processes_mentioning
+from tests.test_autoscaling import ISOLATED_MARKS, _session_members
 
 pytestmark = ISOLATED_MARKS
-
-
-def _clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", RAY_USAGE_STATS_ENABLED="0", **extra)
-    return env
 
 
 def test_token_file_auth_accepts_the_token_and_refuses_others():
@@ -43,14 +37,9 @@ def test_token_file_auth_accepts_the_token_and_refuses_others():
     (token_dir / "auth_token").write_text(token + "\n")  # as `aws ssm ... --output text` writes it
     (token_dir / "auth_token").chmod(0o400)
 
-    gcs_port, dashboard_port = _free_port(), _free_port()
-    cmd = [str(BIN / "ray"), "start", "--head", f"--port={gcs_port}",
-           f"--dashboard-port={dashboard_port}", "--num-cpus=1",
-           f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
-           f"--dashboard-agent-grpc-port={_free_port()}", f"--metrics-export-port={_free_port()}",
-           f"--runtime-env-agent-port={_free_port()}", f"--temp-dir={root / 'ray'}",
-           "--disable-usage-stats"]
-    env = _clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_dir / "auth_token"))
+    gcs_port, dashboard_port = free_port(), free_port()
+    cmd = head_command(root / "ray", gcs_port, dashboard_port, "--num-cpus=1")
+    env = private_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_dir / "auth_token"))
     head = subprocess.Popen(cmd, env=env, start_new_session=True, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -60,7 +49,7 @@ def test_token_file_auth_accepts_the_token_and_refuses_others():
         probe = f"import ray; ray.init(address='{address}'); print('cpus', ray.cluster_resources()['CPU'])"
 
         def client(**auth: str) -> subprocess.CompletedProcess:
-            return subprocess.run([sys.executable, "-c", probe], env=_clean_env(**auth),
+            return subprocess.run([sys.executable, "-c", probe], env=private_env(**auth),
                                   capture_output=True, text=True, timeout=120)
 
         good = client(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
@@ -78,8 +67,8 @@ def test_token_file_auth_accepts_the_token_and_refuses_others():
         request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
         assert urllib.request.urlopen(request, timeout=30).status == 200
     finally:
-        _kill(lambda: _session_members(head.pid))
-        _kill(lambda: _processes_mentioning(str(root)))
+        kill_all(lambda: _session_members(head.pid))
+        kill_all(lambda: processes_mentioning(str(root)))
         leftovers = _session_members(head.pid)
         shutil.rmtree(root, ignore_errors=True)
     assert not leftovers, f"processes of the test head still running: {leftovers}"
