@@ -12,7 +12,7 @@
           checkpoint config; `TuneReportCallback`) and a trivial loop of the same shape: one report
           with a small checkpoint per epoch and nothing else. That driver imports only Ray.
           `--tuned-floor` measures it again with documented Ray settings that start or wait less
-          per run (TUNED_ENV below, Tune's reuse_actors).
+          per run (TUNED_ENV below). Both floors reuse trial actors, as the harness does.
 
 Where the time goes comes from measured timestamps only: Tune callback times (trial start, each
 result, complete), Ray's task table (when each actor was submitted, started and ready: the trial
@@ -146,10 +146,8 @@ def ray_record(train_dir: Path) -> dict[str, Any]:
     return {"actors": actors, "timing": timing}
 
 
-def run_study(label: str, tuner: tune.Tuner, train_dir: Path) -> dict[str, Any]:
-    stamps = Stamps()
-    run_config = tuner._local_tuner.get_run_config()
-    run_config.callbacks = [*(run_config.callbacks or []), stamps]  # next to the study's own callbacks
+def run_study(label: str, tuner: tune.Tuner, stamps: Stamps, train_dir: Path) -> dict[str, Any]:
+    """Fit `tuner` (built with `stamps` among its callbacks) and collect what it measured."""
     print(f"[{label}] running ...", flush=True)
     t0 = time.time()
     tuner.fit()
@@ -300,20 +298,20 @@ def measure(args: argparse.Namespace, trials: int, epochs: int) -> dict[str, Any
             made = build_trainer(floor_cfg, name="floor")  # its settings only: the loop stays here
             prototype = {key: getattr(made, key) for key in
                          ("run_config", "scaling_config", "backend_config", "train_loop_config")}
-            floors = [("floor", {}, False)] + ([("floor_tuned", TUNED_ENV, True)] if args.tuned_floor else [])
-            for label, env, reuse in floors:
-                train = storage / label / "train"
-                tuner = tune.Tuner(
+            floors = [("floor", {})] + ([("floor_tuned", TUNED_ENV)] if args.tuned_floor else [])
+            for label, env in floors:
+                stamps = Stamps()
+                tuner = tune.Tuner(  # Tune reuses trial actors, as harness.tuner.tune_config sets it
                     tune.with_resources(tune.with_parameters(floor_driver, prototype=prototype, env=env),
                                         resources=dict(study.base.scaling.trial_driver_resources)),
                     tune_config=tune.TuneConfig(num_samples=trials, max_concurrent_trials=args.concurrency,
-                                                reuse_actors=reuse),
-                    run_config=tune.RunConfig(name=label, storage_path=str(storage), verbose=0,
+                                                reuse_actors=True),
+                    run_config=tune.RunConfig(name=label, storage_path=str(storage), verbose=0, callbacks=[stamps],
                                               failure_config=tune.FailureConfig(max_failures=0)))
-                raw[label] = run_study(label, tuner, train)
-            demo_uri = str(storage / "demo")
-            raw["demo"] = run_study("demo", build_tuner(study, demo_uri, storage / "demo-local"),
-                                    Path(demo_uri) / "train")
+                raw[label] = run_study(label, tuner, stamps, storage / label / "train")
+            demo_uri, stamps = str(storage / "demo"), Stamps()
+            raw["demo"] = run_study("demo", build_tuner(study, demo_uri, storage / "demo-local", callbacks=(stamps,)),
+                                    stamps, Path(demo_uri) / "train")
     raw["load_end"] = os.getloadavg()
     return raw
 
@@ -327,8 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpus", type=int, default=2, help="CPUs of the private Ray head (default 2)")
     p.add_argument("--data", help="demo shard folder (default: the demo's data/demo/shards, made if missing)")
     p.add_argument("--tuned-floor", action="store_true",
-                   help="also measure the floor with Train's PreemptionWatcher off, a 0.5-s controller poll "
-                        "and Tune's reuse_actors")
+                   help="also measure the floor with Train's PreemptionWatcher off and a 0.5-s controller poll")
     p.add_argument("--record", help="also write every measured timestamp to this JSON file")
     p.add_argument("--from-record", help="print the breakdown of a --record file instead of measuring")
     args = p.parse_args(argv)
@@ -352,8 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     f = summarise("floor: trivial loop, same TorchTrainer", raw["floor"], slots)
     h = summarise("demo study", raw["demo"], slots)
     if "floor_tuned" in raw:
-        tuned = summarise("floor with " + ", ".join(f"{k}={v}" for k, v in TUNED_ENV.items())
-                          + ", reuse_actors=True", raw["floor_tuned"], slots)
+        tuned = summarise("floor with " + ", ".join(f"{k}={v}" for k, v in TUNED_ENV.items()),
+                          raw["floor_tuned"], slots)
         print(f"\nRay's floor, trial submitted -> loop start: {f['startup']:.1f} s by default, "
               f"{tuned['startup']:.1f} s tuned; last report -> complete {f['tail']:.1f} s, {tuned['tail']:.1f} s")
     load = raw["load_end"]

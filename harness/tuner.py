@@ -66,9 +66,9 @@ def tune_config(study: Study, study_uri: str) -> tune.TuneConfig:
         metric=study.metric, mode=study.mode, search_alg=_searcher(study),
         scheduler=_scheduler(study, study_uri), num_samples=study.search.num_samples,
         max_concurrent_trials=study.search.max_concurrent,
-        # A trial's driver process imports torch (through ray.train.torch) when Tune builds it:
-        # 1.4 s idle, 7-12 s on a loaded 2-core machine (bench/README.md, "goodput"). Reusing the
-        # driver actors pays that once per concurrent slot, not once per trial.
+        # A trial's driver process imports torch (through ray.train.torch) when Tune builds it
+        # (bench/trial_actor_start.py); reusing the driver actors pays that once per concurrent
+        # slot, not once per trial.
         reuse_actors=True,
     )
 
@@ -95,11 +95,12 @@ def _trackers(study: Study, local_dir: Path) -> list[Any]:
 
 
 def build_tuner(study: Study, study_uri: str, local_dir: Path, retry_errored: bool = False,
-                verbose: bool = False) -> tune.Tuner:
+                verbose: bool = False, callbacks: tuple[tune.Callback, ...] = ()) -> tune.Tuner:
     """A new Tuner, or the interrupted study restored (finished trials are kept, not re-run).
 
     `study_uri` is where Tune and Train write (a folder or an s3:// / gs:// URI shared by all
-    nodes); `local_dir` holds what the driver writes itself (MLflow's default store).
+    nodes); `local_dir` holds what the driver writes itself (MLflow's default store);
+    `callbacks` are Tune callbacks added to the study's own (bench/goodput.py's timestamps).
     """
     trainable = tune.with_resources(
         tune.with_parameters(trial_driver, base=study.base_dict,
@@ -119,7 +120,8 @@ def build_tuner(study: Study, study_uri: str, local_dir: Path, retry_errored: bo
         tune_config=tune_config(study, study_uri),
         run_config=tune.RunConfig(
             name=name, storage_path=storage,
-            callbacks=[TrialProgress(study.metric, study.scheduler.max_t), *_trackers(study, local_dir)],
+            callbacks=[TrialProgress(study.metric, study.scheduler.max_t), *_trackers(study, local_dir),
+                       *callbacks],
             failure_config=tune.FailureConfig(max_failures=0),
             verbose=1 if verbose else 0,
         ),
