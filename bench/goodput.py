@@ -12,7 +12,7 @@
           checkpoint config; `TuneReportCallback`) and a trivial loop of the same shape: one report
           with a small checkpoint per epoch and nothing else. That driver imports only Ray.
           `--tuned-floor` measures it again with documented Ray settings that start or wait less
-          per run (TUNED_ENV below). Both floors reuse trial actors, as the harness does.
+          per run (TUNED_ENV below, Tune's reuse_actors).
 
 Where the time goes comes from measured timestamps only: Tune callback times (trial start, each
 result, complete), Ray's task table (when each actor was submitted, started and ready: the trial
@@ -301,11 +301,11 @@ def measure(args: argparse.Namespace, trials: int, epochs: int) -> dict[str, Any
             floors = [("floor", {})] + ([("floor_tuned", TUNED_ENV)] if args.tuned_floor else [])
             for label, env in floors:
                 stamps = Stamps()
-                tuner = tune.Tuner(  # Tune reuses trial actors, as harness.tuner.tune_config sets it
+                tuner = tune.Tuner(
                     tune.with_resources(tune.with_parameters(floor_driver, prototype=prototype, env=env),
                                         resources=dict(study.base.scaling.trial_driver_resources)),
                     tune_config=tune.TuneConfig(num_samples=trials, max_concurrent_trials=args.concurrency,
-                                                reuse_actors=True),
+                                                reuse_actors=bool(env)),
                     run_config=tune.RunConfig(name=label, storage_path=str(storage), verbose=0, callbacks=[stamps],
                                               failure_config=tune.FailureConfig(max_failures=0)))
                 raw[label] = run_study(label, tuner, stamps, storage / label / "train")
@@ -325,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpus", type=int, default=2, help="CPUs of the private Ray head (default 2)")
     p.add_argument("--data", help="demo shard folder (default: the demo's data/demo/shards, made if missing)")
     p.add_argument("--tuned-floor", action="store_true",
-                   help="also measure the floor with Train's PreemptionWatcher off and a 0.5-s controller poll")
+                   help="also measure the floor with Train's PreemptionWatcher off, a 0.5-s controller poll "
+                        "and Tune's reuse_actors")
     p.add_argument("--record", help="also write every measured timestamp to this JSON file")
     p.add_argument("--from-record", help="print the breakdown of a --record file instead of measuring")
     args = p.parse_args(argv)
@@ -349,8 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     f = summarise("floor: trivial loop, same TorchTrainer", raw["floor"], slots)
     h = summarise("demo study", raw["demo"], slots)
     if "floor_tuned" in raw:
-        tuned = summarise("floor with " + ", ".join(f"{k}={v}" for k, v in TUNED_ENV.items()),
-                          raw["floor_tuned"], slots)
+        tuned = summarise("floor with " + ", ".join(f"{k}={v}" for k, v in TUNED_ENV.items())
+                          + ", reuse_actors=True", raw["floor_tuned"], slots)
         print(f"\nRay's floor, trial submitted -> loop start: {f['startup']:.1f} s by default, "
               f"{tuned['startup']:.1f} s tuned; last report -> complete {f['tail']:.1f} s, {tuned['tail']:.1f} s")
     load = raw["load_end"]

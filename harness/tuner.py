@@ -66,10 +66,10 @@ def tune_config(study: Study, study_uri: str) -> tune.TuneConfig:
         metric=study.metric, mode=study.mode, search_alg=_searcher(study),
         scheduler=_scheduler(study, study_uri), num_samples=study.search.num_samples,
         max_concurrent_trials=study.search.max_concurrent,
-        # A trial's driver process imports torch (through ray.train.torch) when Tune builds it
-        # (bench/trial_actor_start.py); reusing the driver actors pays that once per concurrent
-        # slot, not once per trial.
-        reuse_actors=True,
+        # Not reuse_actors, although each new driver process imports torch again (through
+        # ray.train.torch; bench/trial_actor_start.py): a driver's thread outlives fit() by more
+        # than Tune's 2-s reset wait, and Tune 2.60 then ends the next trial as ERROR ("Trainable
+        # runner reuse requires reset_config() to be implemented and return True").
     )
 
 
