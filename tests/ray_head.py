@@ -43,8 +43,8 @@ def private_env(**extra: str) -> dict[str, str]:
     """This process's environment for a private Ray: nothing naming another instance, auth and
     usage stats off, the venv's `ray` first on PATH; `extra` on top."""
     env = {k: v for k, v in os.environ.items() if k not in _OTHER_RAY}
-    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
-               PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **extra)
+    env.update({"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+                "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **extra})
     return env
 
 
