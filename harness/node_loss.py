@@ -9,6 +9,7 @@ committed checkpoint), up to `run.max_node_losses` times; any other error is rai
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import ray
@@ -16,27 +17,49 @@ from ray.exceptions import RayActorError
 from ray.train import Result, WorkerGroupError
 from ray.train.torch import TorchTrainer
 
+# How long to wait for Ray to declare a suspect node dead: the GCS marks a node whose raylet
+# vanished as dead only after its health checks fail (Ray 2.60 defaults: every 3 s, 5 misses),
+# while Train may already have raised.
+NODE_DEATH_WAIT_S = 30.0
 
-def dead_nodes_behind(error: Exception) -> list[str]:
+
+def dead_nodes_behind(error: Exception, wait_s: float = NODE_DEATH_WAIT_S) -> list[str]:
     """Ids of the dead nodes on which Train workers died in `error` (empty: not a node loss).
 
     A worker whose code raised fails with a `RayTaskError`; one whose process or node went, with
-    a `RayActorError`. Any of the latter on a node Ray now lists as dead makes it a node loss,
-    as Ray's own preemption rule does: the surviving ranks often fail too (collective timeouts,
-    connection resets), and a real bug fails again on the refit, without a lost node.
+    a `RayActorError` (died, or unavailable while its node is going). Any of the latter on a node
+    that Ray lists as dead within `wait_s` makes it a node loss, as Ray's own preemption rule
+    does: the surviving ranks often fail too (collective timeouts, connection resets), and a real
+    bug fails again on the refit, without a lost node.
     """
     if not isinstance(error, WorkerGroupError):
         return []
     from ray.util.state import get_actor
 
-    alive = {node["NodeID"]: node["Alive"] for node in ray.nodes()}
-    lost = set()
+    suspects = set()
     for failure in error.worker_failures.values():
-        if isinstance(failure, RayActorError) and failure.actor_id:
-            actor = get_actor(failure.actor_id)
-            if actor is not None and not alive.get(actor.node_id, True):
-                lost.add(actor.node_id)
-    return sorted(lost)
+        died = actor_error(failure)
+        if died is not None and died.actor_id:
+            actor = get_actor(died.actor_id)
+            if actor is not None and actor.node_id:
+                suspects.add(actor.node_id)
+    deadline = time.monotonic() + wait_s
+    while suspects:
+        dead = suspects & {node["NodeID"] for node in ray.nodes() if not node["Alive"]}
+        if dead or time.monotonic() >= deadline:
+            return sorted(dead)
+        time.sleep(1.0)
+    return []
+
+
+def actor_error(failure: BaseException | None) -> RayActorError | None:
+    """The `RayActorError` behind a worker failure: Train 2.60 wraps the one its health check
+    met (`WorkerHealthCheckFailedError.health_check_failure`); a raised one may be a cause."""
+    for _ in range(4):
+        if failure is None or isinstance(failure, RayActorError):
+            return failure
+        failure = getattr(failure, "health_check_failure", None) or failure.__cause__
+    return None
 
 
 def fit_through_node_loss(make_trainer: Callable[[], TorchTrainer], max_node_losses: int, name: str) -> Result:
