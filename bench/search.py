@@ -41,11 +41,9 @@ if __package__ in (None, ""):
 
 import pandas as pd  # noqa: E402
 
+from bench.record_curves import ROOT, TABLE  # noqa: E402  the table that script writes
 from harness.objective import rung_epochs  # noqa: E402
 from harness.study_file import Dist, Study, load_study  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
-TABLE = ROOT / "bench" / "data" / "demo_curves.parquet"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
