@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
+from cmd_model.precision import at_least_fp32
+
 
 class DINOHead(nn.Module):
     """Projection head applied to the last dimension of (..., in_dim) -> (..., out_dim)."""
@@ -89,4 +91,4 @@ class GatedAttentionMIL(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         a = self.w(torch.tanh(self.V(h)) * torch.sigmoid(self.U(h))).squeeze(-1)
-        return torch.softmax(a.float(), dim=-1)
+        return torch.softmax(at_least_fp32(a), dim=-1)

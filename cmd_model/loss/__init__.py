@@ -21,6 +21,7 @@ from cmd_model.loss.image import image_ce, student_log_probs, teacher_probs
 from cmd_model.loss.mil import POOLINGS, bag_log_pool, legacy_kl_div, mil_kl
 from cmd_model.loss.region import match_regions, region_ce
 from cmd_model.network import METHODS, NetOutput
+from cmd_model.precision import at_least_fp32
 
 MIL_FORMS: tuple[str, ...] = typing.get_args(MILForm)
 TERM_NAMES = ("loss_image", "loss_region", "loss_mil_student", "loss_mil_teacher")
@@ -126,8 +127,8 @@ class CMDLoss(nn.Module):
         """L_S for student view v: image softmax(h(s)/tau_s) vs bag of softmax(h_d(s_j)/tau_s)."""
         cfg = self.cfg
         tau = cfg.student_temp
-        img_logits = out.image_logits[v].float() / tau
-        tok_logits = out.token_logits[v].float() / tau
+        img_logits = at_least_fp32(out.image_logits[v]) / tau
+        tok_logits = at_least_fp32(out.token_logits[v]) / tau
         if cfg.mil_form == "official":
             # Verbatim official: F.kl_div(s_cls[v], torch.sum(s_region, 1)) on raw logits / tau_s.
             target = tok_logits.sum(1) if cfg.mil_pooling == "sum" else tok_logits.mean(1)
@@ -145,8 +146,8 @@ class CMDLoss(nn.Module):
             target = t_tok[i].sum(1) if cfg.mil_pooling == "sum" else t_tok[i].mean(1)
             return legacy_kl_div(t_img[i], target)
         weights = out.mil_weights[i] if out.mil_weights is not None else None
-        log_img = torch.log_softmax((out.image_logits[i].float() - self.center) / temp, -1)
-        log_tok = torch.log_softmax((out.token_logits[i].float() - self.center_region) / temp, -1)
+        log_img = torch.log_softmax((at_least_fp32(out.image_logits[i]) - self.center) / temp, -1)
+        log_tok = torch.log_softmax((at_least_fp32(out.token_logits[i]) - self.center_region) / temp, -1)
         log_bag = bag_log_pool(log_tok, cfg.mil_pooling, weights)
         return mil_kl(log_img, log_bag, cfg.mil_kl_direction, cfg.mil_kl_reduction)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from cmd_model.precision import at_least_fp32
+
 
 def dist_ready() -> bool:
     """True when a torch.distributed process group is up (Ray Train / torchrun / tests)."""
@@ -17,7 +19,7 @@ def batch_mean(logits: torch.Tensor) -> torch.Tensor:
     main_esvit.py DDINOLoss.update_center: sum, all_reduce, divide by rows * world size. Here the
     row count is all-reduced too, so unequal local batches still give the exact global mean.
     """
-    flat = logits.detach().float().reshape(-1, logits.shape[-1])
+    flat = at_least_fp32(logits.detach()).reshape(-1, logits.shape[-1])
     total = flat.sum(dim=0, keepdim=True)
     count = torch.tensor([float(flat.shape[0])], device=flat.device)
     if dist_ready():

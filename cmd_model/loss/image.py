@@ -4,15 +4,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from cmd_model.precision import at_least_fp32
+
 
 def teacher_probs(logits: torch.Tensor, center: torch.Tensor, temp: float) -> torch.Tensor:
     """softmax((t - c) / tau_t), detached (main_esvit.py DDINOLoss.forward: centering + sharpening)."""
-    return F.softmax((logits.float() - center) / temp, dim=-1).detach()
+    return F.softmax((at_least_fp32(logits) - center) / temp, dim=-1).detach()
 
 
 def student_log_probs(logits: torch.Tensor, temp: float) -> torch.Tensor:
     """log_softmax(s / tau_s)."""
-    return F.log_softmax(logits.float() / temp, dim=-1)
+    return F.log_softmax(at_least_fp32(logits) / temp, dim=-1)
 
 
 def image_ce(t_probs: torch.Tensor, s_log_probs: torch.Tensor) -> torch.Tensor:

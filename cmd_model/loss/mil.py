@@ -15,6 +15,7 @@ from typing import get_args
 import torch
 
 from cmd_model.config import MilKLDirection, MilKLReduction, MilPooling
+from cmd_model.precision import at_least_fp32
 
 POOLINGS = typing.get_args(MilPooling)
 
@@ -25,8 +26,8 @@ def kl_log(log_p: torch.Tensor, log_q: torch.Tensor, reduction: str = "batchmean
     reduction "batchmean": mean over B of the per-image KL; "mean": mean over all B*K elements
     (F.kl_div's default, the scale of the official term).
     """
-    log_p = log_p.float()
-    log_q = log_q.float()
+    log_p = at_least_fp32(log_p)
+    log_q = at_least_fp32(log_q)
     p = log_p.exp()
     elem = torch.where(p == 0, torch.zeros_like(p), p * (log_p - log_q))  # NaN stays NaN
     if reduction == "batchmean":
@@ -57,8 +58,8 @@ def legacy_kl_div(inp: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     logits / tau_s (input) and their sum over tokens (target, with negative entries): current torch
     returns NaN there. `loss.mil_form: official` (the paper recipe) uses it.
     """
-    inp = inp.float()
-    target = target.float()
+    inp = at_least_fp32(inp)
+    target = at_least_fp32(target)
     pos = target > 0
     safe = torch.where(pos, target, torch.ones_like(target))  # no log of <= 0, no NaN gradient
     return torch.where(pos, safe * (torch.log(safe) - inp), torch.zeros_like(target)).mean()
