@@ -109,6 +109,10 @@ class EvalConfig:
     probe_feature: FeatureKind = "cls"
     # kNN and retrieval feature; official eval_knn.py / retrieval.py: the pooled final feature.
     knn_feature: FeatureKind = "cls"
+    # RankMe (cmd_model/rankme.py) of the val features of this kind, every probed epoch: a label-free
+    # signal. Not in the CMD sources; RankMe's paper measures the backbone's representation, so the
+    # pooled final feature by default (cmd_model/README.md).
+    rankme_feature: FeatureKind = "cls"
     probe_epochs: Annotated[int, Gt(0)] = 100  # full-batch L-BFGS iterations for the fast probe
     probe_weight_decay: Annotated[float, Ge(0)] = 1e-4
     knn_k: tuple[Annotated[int, Gt(0)], ...] = (10, 20, 100, 200)

@@ -10,6 +10,7 @@ from cmd_model.config import EvalConfig
 from cmd_model.features import extract_feature_sets
 from cmd_model.knn import knn_top1
 from cmd_model.probe import linear_probe
+from cmd_model.rankme import rankme
 from cmd_model.retrieval import retrieval
 from shards.config import DataConfig
 from shards.pipeline import eval_loader
@@ -22,7 +23,7 @@ def split_features(backbone: torch.nn.Module, data: DataConfig, ev: EvalConfig, 
     """(train features by kind, train labels, val features by kind, val labels) for the probe
     feature, the kNN feature and any `kinds`, from deterministic eval crops (two calls on the same
     backbone give the same numbers). `eval.max_train_images` caps the train side."""
-    kinds = (ev.probe_feature, ev.knn_feature, *kinds)
+    kinds = (ev.probe_feature, ev.knn_feature, ev.rankme_feature, *kinds)
     train, train_y = extract_feature_sets(backbone, eval_loader(data, data.train_split), kinds, device)
     val, val_y = extract_feature_sets(backbone, eval_loader(data, data.val_split), kinds, device)
     if ev.max_train_images is not None:
@@ -34,8 +35,9 @@ def split_features(backbone: torch.nn.Module, data: DataConfig, ev: EvalConfig, 
 def score_features(features: Features, ev: EvalConfig, seed: int = 0) -> dict[str, float]:
     """probe_top1 (fast linear probe on `eval.probe_feature`); knn_top1 (k=20), rank1, rank5,
     map100 (standard) and map100_official on `eval.knn_feature` (official eval_knn.py and
-    retrieval.py: the pooled final feature). The features used are named by two entries whose
-    value is the feature's width: `probe_feature_dim.KIND` and `knn_feature_dim.KIND`."""
+    retrieval.py: the pooled final feature); rankme of the val `eval.rankme_feature`. The
+    features used are named by two entries whose value is the feature's width:
+    `probe_feature_dim.KIND` and `knn_feature_dim.KIND`."""
     train, train_y, val, val_y = features
     pf, kf = ev.probe_feature, ev.knn_feature
     top1 = linear_probe(train[pf], train_y, val[pf], val_y, epochs=ev.probe_epochs,
@@ -47,6 +49,7 @@ def score_features(features: Features, ev: EvalConfig, seed: int = 0) -> dict[st
         "probe_top1": float(top1),
         "knn_top1": float(knn[k]),
         **{key: float(ret[key]) for key in ("rank1", "rank5", "map100", "map100_official")},
+        "rankme": rankme(val[ev.rankme_feature]),
         f"probe_feature_dim.{pf}": float(train[pf].shape[1]),
         f"knn_feature_dim.{kf}": float(train[kf].shape[1]),
     }

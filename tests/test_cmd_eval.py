@@ -111,3 +111,26 @@ def test_extract_features_from_a_loader():
     x2, _ = extract_features(bb, loader, "last4", "cpu")
     assert torch.equal(x, x2)  # eval mode: deterministic
     assert math.isfinite(float(x.sum()))
+
+
+def test_rankme_against_hand_values():
+    from cmd_model.rankme import rankme
+
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(200, 32, generator=g, dtype=torch.float64))  # orthonormal columns
+    for k in (1, 5, 17):
+        # rank k with equal singular values: the entropy of k equal weights is ln k, so RankMe = k
+        # (up to the paper's eps: (1/k + eps) terms, and 32 - k zero values at eps each)
+        z = q[:, :k]  # k orthonormal columns: k singular values of 1
+        p = torch.full((k,), 1 / k, dtype=torch.float64) + 1e-7
+        expect = float(torch.exp(-(p * p.log()).sum() - (32 - k) * 1e-7 * math.log(1e-7)))
+        padded = torch.cat([z, torch.zeros(200, 32 - k, dtype=torch.float64)], 1)
+        assert rankme(padded) == pytest.approx(expect, rel=1e-9)
+        assert rankme(z) == pytest.approx(k, rel=1e-5)
+    # singular values 3 and 1: p = (0.75, 0.25), RankMe = exp(-(.75 ln .75 + .25 ln .25)) = 1.7548...
+    two = q[:, :2] @ torch.diag(torch.tensor([3.0, 1.0], dtype=torch.float64))
+    assert rankme(two) == pytest.approx(math.exp(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25))), rel=1e-6)
+    # collapsed (every row the same): one singular value; the 7 zero ones add 7 * -eps ln eps = 1.1e-5
+    assert rankme(torch.ones(50, 8)) == pytest.approx(1.0, abs=2e-5)
+    with pytest.raises(ValueError, match="non-empty"):
+        rankme(torch.zeros(0, 4))
