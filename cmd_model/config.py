@@ -113,6 +113,9 @@ class EvalConfig:
     # signal. Not in the CMD sources; RankMe's paper measures the backbone's representation, so the
     # pooled final feature by default (cmd_model/README.md).
     rankme_feature: FeatureKind = "cls"
+    # Shards without labels: each measured epoch reports RankMe alone (no probe, kNN or retrieval),
+    # and a study selects on it (`metric: rankme`).
+    label_free: bool = False
     probe_epochs: Annotated[int, Gt(0)] = 100  # full-batch L-BFGS iterations for the fast probe
     probe_weight_decay: Annotated[float, Ge(0)] = 1e-4
     knn_k: tuple[Annotated[int, Gt(0)], ...] = (10, 20, 100, 200)

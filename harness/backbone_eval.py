@@ -57,8 +57,13 @@ def score_features(features: Features, ev: EvalConfig, seed: int = 0) -> dict[st
 
 def evaluate_backbone(backbone: torch.nn.Module, data: DataConfig, ev: EvalConfig,
                       device: torch.device, seed: int = 0) -> dict[str, float]:
-    """`score_features` on the train and val splits, plus the seconds it took."""
+    """`score_features` on the train and val splits, plus the seconds it took; with
+    `eval.label_free`, RankMe of the val features alone (no label is read)."""
     start = time.perf_counter()
-    metrics = score_features(split_features(backbone, data, ev, device), ev, seed)
+    if ev.label_free:
+        val, _ = extract_feature_sets(backbone, eval_loader(data, data.val_split), (ev.rankme_feature,), device)
+        metrics = {"rankme": rankme(val[ev.rankme_feature])}
+    else:
+        metrics = score_features(split_features(backbone, data, ev, device), ev, seed)
     metrics["probe_seconds"] = time.perf_counter() - start
     return metrics

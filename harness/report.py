@@ -27,28 +27,20 @@ import plotly.express as px  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from harness.cli_errors import exit_on_user_error  # noqa: E402
-from harness.results import CURVES_PARQUET, TRIALS_PARQUET, collect, describe_best, plain, write_results  # noqa: E402
-from harness.searcher import optuna_distribution, outcome  # noqa: E402
+from harness.results import CURVES_PARQUET, TRIALS_PARQUET, collect, describe_best, write_results  # noqa: E402
 from harness.study_file import STUDY_FILE, Study, load_study  # noqa: E402
+from harness.study_storage import load_trials_study  # noqa: E402
 from shards.urls import is_remote, local_path  # noqa: E402
 
 
-def optuna_study(study: Study, trials: pd.DataFrame, curves: pd.DataFrame) -> optuna.Study:
-    """The trials as Optuna was told them (harness/searcher.py `outcome`), for Optuna's own plots:
-    its best trial is the study's best."""
-    direction = "maximize" if study.mode == "max" else "minimize"
-    ot = optuna.create_study(direction=direction)
-    distributions = {d.key: optuna_distribution(d) for d in study.space}
-    for _, row in trials.iterrows():
-        curve = curves[(curves["trial_id"] == row["trial_id"]) & curves[study.metric].notna()]
-        values = {int(e): float(v) for e, v in zip(curve["epoch"], curve[study.metric])}
-        state, value = outcome(values, row["epochs"], study.scheduler.max_t, row["status"] == "ERROR")
-        if state == TrialState.FAIL:
-            continue
-        params = {d.key: plain(row[d.key]) for d in study.space}
-        ot.add_trial(optuna.trial.create_trial(state=state, value=value, params=params,
-                                               distributions=distributions, intermediate_values=values))
-    return ot
+def optuna_study(study: Study, folder: Path) -> optuna.Study | None:
+    """The study's Optuna trials as the searcher told them (harness/study_storage.py), for Optuna's
+    own plots; None for a study without them (e.g. no journal in its folder)."""
+    try:
+        return load_trials_study(folder, study.search.storage)
+    except (FileNotFoundError, KeyError) as exc:
+        print(f"[report] no Optuna plots: {exc}", file=sys.stderr)
+        return None
 
 
 def _pareto(frame: pd.DataFrame, cost: str, metric: str, maximize: bool) -> pd.DataFrame:
@@ -69,11 +61,10 @@ def _save(fig_png, fig_html, out: Path, stem: str, written: list[Path]) -> None:
     written += [out / f"{stem}.png", out / f"{stem}.html"]
 
 
-def write_plots(study: Study, study_dir: str | Path, out_dir: str | Path) -> list[Path]:
-    """All plots of the study at `study_dir` (folder or URI) into out_dir/plots."""
+def write_plots(study: Study, trials: pd.DataFrame, curves: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """All plots of the study (`collect`'s frames, the Optuna journal in out_dir) into out_dir/plots."""
     out = Path(out_dir) / "plots"
     out.mkdir(parents=True, exist_ok=True)
-    trials, curves = collect(study, study_dir)
     written: list[Path] = []
     metric = study.metric
     maximize = study.mode == "max"
@@ -103,8 +94,8 @@ def write_plots(study: Study, study_dir: str | Path, out_dir: str | Path) -> lis
         html.add_scatter(x=front[cost], y=front[metric], mode="lines", line_shape="hv", name="Pareto front")
         _save(fig, html, out, "accuracy_vs_compute", written)
 
-    ot = optuna_study(study, trials, curves)
-    if len(ot.get_trials(states=[TrialState.COMPLETE])) >= 2:
+    ot = optuna_study(study, Path(out_dir))
+    if ot is not None and len(ot.get_trials(states=[TrialState.COMPLETE])) >= 2:
         from optuna.visualization import matplotlib as omp
 
         plots = {"optimization_history": (omp.plot_optimization_history,
@@ -152,8 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         raise FileNotFoundError(f"{folder}: not a study folder (no {STUDY_FILE})")
     study = load_study(folder / STUDY_FILE)
     state = tune_state(folder, args.storage)
-    best = write_results(study, state, folder)
-    files = write_plots(study, state, folder)
+    trials, curves = collect(study, state)
+    best = write_results(study, trials, curves, folder)
+    files = write_plots(study, trials, curves, folder)
     print(f"[report] {folder / TRIALS_PARQUET}, {folder / CURVES_PARQUET}, "
           f"{len(files)} plot files in {folder / 'plots'}")
     if best:

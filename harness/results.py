@@ -16,7 +16,7 @@ from ray.tune import ExperimentAnalysis
 
 from harness.config import to_dict
 from harness.console import first_error_line
-from harness.objective import rank_trials
+from harness.objective import CONFIRM_OF, rank_configs, rank_trials
 from harness.study_file import Study
 
 TRIALS_PARQUET, TRIALS_CSV, CURVES_PARQUET = "results.parquet", "results.csv", "curves.parquet"
@@ -65,6 +65,8 @@ def collect(study: Study, study_dir: str | Path) -> tuple[pd.DataFrame, pd.DataF
         wall = float(last.get("time_total_s", 0.0) or 0.0)
         row: dict[str, Any] = {"trial_id": trial.trial_id, "status": trial.status}
         row.update({p: trial.config.get(p) for p in params})
+        row.update({"seed": int(trial.config.get("run.seed", study.base.run.seed)),
+                    CONFIRM_OF: trial.config.get(CONFIRM_OF) or ""})
         row.update({
             metric: at.get(metric, math.nan),
             "objective_epoch": at.get("epoch", math.nan),
@@ -90,46 +92,98 @@ def collect(study: Study, study_dir: str | Path) -> tuple[pd.DataFrame, pd.DataF
     if len(trials):  # on a tie the trial that finished first ranks first, as in Optuna's best_trial
         trials = trials.sort_values("finished_at", kind="stable")
         trials = rank_trials(trials, metric, study.mode, study.scheduler.max_t).reset_index(drop=True)
+        configs = rank_configs(trials, metric, study.mode, study.scheduler.max_t).set_index("config_of")
+        of = trials[CONFIRM_OF].where(trials[CONFIRM_OF] != "", trials["trial_id"])
+        for column in ("mean", "std", "runs"):
+            trials[f"config_{column}"] = of.map(configs[column])
     return trials, pd.DataFrame(curves, columns=["trial_id", "epoch", metric, "loss", "time_total_s", "stop_reason"])
 
 
-def best_row(trials: pd.DataFrame, study: Study) -> pd.Series | None:
-    """The study's best trial by the objective (the first row of `collect`'s ranking)."""
-    ok = trials[(trials["status"] != "ERROR") & trials[study.metric].notna()] if len(trials) else trials
-    return None if ok.empty else ok.iloc[0]
-
-
-def write_results(study: Study, study_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
-    """Write results.parquet/.csv, curves.parquet, best_config.yaml and best.json; return best."""
+def write_results(study: Study, trials: pd.DataFrame, curves: pd.DataFrame, out_dir: str | Path) -> dict[str, Any]:
+    """Write `collect`'s frames as results.parquet/.csv and curves.parquet, and best_config.yaml and
+    best.json; return best."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    trials, curves = collect(study, study_dir)
     trials.to_parquet(out / TRIALS_PARQUET, index=False)
     trials.to_csv(out / TRIALS_CSV, index=False)
     curves.to_parquet(out / CURVES_PARQUET, index=False)
-    best = best_row(trials, study)
-    if best is None:
+    summary = best_summary(study, trials)
+    if not summary:
         return {}
-    params = {d.key: plain(best[d.key]) for d in study.space}
-    config = to_dict(study.trial_config(params))
-    split = study.base.data.val_split
-    header = (f"# best trial {best['trial_id']} of study {study.name}: {study.metric} "
-              f"{best[study.metric]:.4f} on split '{split}' at epoch {int(best['objective_epoch'])}\n"
+    config = to_dict(study.trial_config(summary["params"]))
+    header = (f"# best config (trial {summary['trial_id']}) of study {study.name}: {describe_value(summary)}\n"
               f"# run it in full: python harness/train.py --config {out / BEST_CONFIG}\n")
     (out / BEST_CONFIG).write_text(header + yaml.safe_dump(config, sort_keys=False))
-    summary = {"trial_id": best["trial_id"], "params": params,
-               "objective": f"{study.metric} on '{split}' at the trial's last measured epoch",
-               "metric": study.metric, study.metric: plain(best[study.metric]), "split": split,
-               "epoch": int(best["objective_epoch"]), "epochs": plain(best["epochs"]),
-               "stop_reason": best["stop_reason"], "checkpoint_path": best["checkpoint_path"]}
     (out / BEST_JSON).write_text(json.dumps(summary, indent=2))
     return summary
 
 
+def best_summary(study: Study, trials: pd.DataFrame) -> dict[str, Any]:
+    """The study's best config (harness/objective.py `rank_configs`), as best.json holds it: its
+    value is the mean over its full-budget runs (one run without a confirm stage), with their seeds,
+    values and std; the checkpoint is its run with the study's own seed at the epoch measured."""
+    if trials.empty:
+        return {}
+    configs = rank_configs(trials, study.metric, study.mode, study.scheduler.max_t)
+    usable = configs[configs["runs"] > 0]
+    if usable.empty:  # no config ran the full budget: the trial ranking's first measured trial
+        ranked = trials[(trials["status"] != "ERROR") & trials[study.metric].notna()]
+        if ranked.empty:
+            return {}
+        best = ranked.iloc[0]
+        runs = trials.iloc[0:0]
+        top = {"runs": 0, "seeds": [int(best["seed"])], "values": [plain(best[study.metric])], "std": math.nan,
+               "mean": plain(best[study.metric])}
+    else:
+        top = usable.iloc[0].to_dict()
+        best = trials[trials["trial_id"] == top["config_of"]].iloc[0]
+        of = trials[CONFIRM_OF].where(trials[CONFIRM_OF] != "", trials["trial_id"])
+        runs = trials[(of == top["config_of"]) & trials["objective_epoch"].ge(study.scheduler.max_t)
+                      & trials[study.metric].notna() & (trials["status"] != "ERROR")]
+    own = runs[runs["seed"] == study.base.run.seed]
+    chosen = own.iloc[0] if len(own) else (runs.iloc[0] if len(runs) else best)
+    split = study.base.data.val_split
+    summary = {"trial_id": best["trial_id"], "params": {d.key: plain(best[d.key]) for d in study.space},
+               "objective": f"{study.metric} on '{split}' at the trial's last measured epoch, "
+                            "mean over the config's full-budget runs",
+               "metric": study.metric, study.metric: plain(top["mean"]), "split": split,
+               "runs": int(top["runs"]), "seeds": list(top["seeds"]), "values": list(top["values"]),
+               "std": None if pd.isna(top["std"]) else float(top["std"]),
+               "epoch": int(chosen["objective_epoch"]), "epochs": plain(best["epochs"]),
+               "stop_reason": best["stop_reason"], "checkpoint_trial": chosen["trial_id"],
+               "checkpoint_seed": int(chosen["seed"]), "checkpoint_path": chosen["checkpoint_path"]}
+    if len(usable) > 1 and bool(usable.iloc[1]["confirmed"]):
+        summary["runner_up"] = {"trial_id": usable.iloc[1]["config_of"], "mean": float(usable.iloc[1]["mean"]),
+                                "std": None if pd.isna(usable.iloc[1]["std"]) else float(usable.iloc[1]["std"])}
+    return summary
+
+
+def describe_value(best: dict[str, Any]) -> str:
+    """'probe_top1 0.3359 ± 0.0120 (mean of 2 seeds: 0.3250, 0.3469) on split 'val' at epoch 9'."""
+    metric, runs = best["metric"], best.get("runs", 1)
+    if runs > 1:
+        values = ", ".join(f"{v:.4f}" for v in best["values"])
+        value = f"{best[metric]:.4f} ± {best['std']:.4f} (mean of {runs} seeds {best['seeds']}: {values})"
+    else:
+        value = f"{best[metric]:.4f} (1 seed)"
+    return f"{metric} {value} on split '{best['split']}' at epoch {best['epoch']}"
+
+
+def close_call(best: dict[str, Any]) -> str | None:
+    """One line when the best config and the runner-up are within one std of each other."""
+    other = best.get("runner_up")
+    if not other or best.get("std") is None:
+        return None
+    spread = max(best["std"], other["std"] or 0.0)
+    if abs(best[best["metric"]] - other["mean"]) >= spread:
+        return None
+    return (f"the top configs are within one std of each other: {best['trial_id']} {best[best['metric']]:.4f} "
+            f"vs {other['trial_id']} {other['mean']:.4f} (std {spread:.4f}); their order is not a finding")
+
+
 def describe_best(best: dict[str, Any]) -> str:
-    """The best trial in one line, saying what its number is: metric, split, epoch, budget."""
-    return (f"best trial {best['trial_id']}: {best['metric']} {best[best['metric']]:.4f} on split "
-            f"'{best['split']}' at epoch {best['epoch']} ({best['stop_reason']}, the study's objective)")
+    """The best config in one line, saying what its number is: metric, seeds, split, epoch."""
+    return f"best config (trial {best['trial_id']}): {describe_value(best)}, the study's objective"
 
 
 def plain(value: Any) -> Any:

@@ -9,8 +9,11 @@
     points_to_evaluate: [...]    # default: the base config's own values first
     metric: probe_top1
     mode: max
-    search: {sampler: tpe, num_samples: 8, max_concurrent: 2, seed: 0, startup_trials: 10, multivariate: false}
-    scheduler: {type: asha, max_t: 4, grace_period: 1, reduction_factor: 2}
+    search: {sampler: tpe, num_samples: 8, max_concurrent: 2, seed: 0, startup_trials: 10, multivariate: false,
+             storage: null}     # null: optuna.journal in the study folder; or a database URL
+    scheduler: {type: asha, max_t: 4, grace_period: 1, reduction_factor: 2,
+                rung_metric: null, rung_mode: null}   # null: ASHA compares `metric` the study's way
+    confirm: {top_k: 3, seeds: 2}  # then train the top 3 configs with 2 more seeds; best = best mean
     scaling: {...}               # overrides base.scaling: workers, GPUs, CPUs per trial
 
 Everything is checked here, before Ray starts, and each error names the key and the file; a
@@ -41,12 +44,12 @@ from harness.config import (
     set_dotted,
     to_dict,
 )
-from harness.objective import rung_epochs, unprobed_rungs
+from harness.objective import EPOCH_METRICS, LABELLED_METRICS, rung_epochs, unprobed_rungs
 
+Mode = Literal["max", "min"]  # whether the study maximises or minimises `metric`
 STUDY_FILE = "study.yaml"  # the resolved study, saved in its run folder for reports and resumes
 _TOP_KEYS = {"base", "space", "points_to_evaluate", "metric", "mode", "search", "scheduler",
-             "scaling", "name", "storage", "trackers"}
-Mode = Literal["max", "min"]  # whether the study maximises or minimises `metric`
+             "confirm", "scaling", "name", "storage", "trackers"}
 _DIST_KEYS = {"uniform": {"low", "high"}, "loguniform": {"low", "high"}, "int": {"low", "high"},
               "choice": {"values"}}
 
@@ -95,6 +98,9 @@ class SearchSettings:
     # TPE samples at random until this many trials were told (Optuna's default 10)
     startup_trials: Annotated[int, Ge(0)] = 10
     multivariate: bool = False  # TPE models the parameters jointly (Falkner et al. 2018) or one by one
+    # Where Optuna keeps the trials (harness/study_storage.py): None = optuna.journal in the study
+    # folder; a database URL (postgresql://..., sqlite:///...) for a study a team shares.
+    storage: str | None = None
 
 
 @dataclass
@@ -103,6 +109,19 @@ class SchedulerSettings:
     max_t: Annotated[int, Ge(1)] = 4  # epochs; also the trial's optim.epochs
     grace_period: Annotated[int, Ge(1)] = 1  # <= max_t
     reduction_factor: Annotated[int, Ge(2)] = 2
+    # What ASHA compares at its rungs: None = the study's metric; any metric the runs report every
+    # measured epoch (harness/objective.py EPOCH_METRICS), e.g. an earlier signal of the final probe.
+    rung_metric: str | None = None
+    rung_mode: Mode | None = None  # None = the study's mode
+
+
+@dataclass
+class ConfirmSettings:
+    """After the search: the top_k configs are trained `seeds` more times with other run seeds at the
+    full budget, and the study's best is the highest mean over seeds (harness/objective.py)."""
+
+    top_k: Annotated[int, Ge(0)] = 0  # 0: no confirm stage
+    seeds: Annotated[int, Ge(1)] = 1
 
 
 @dataclass
@@ -118,6 +137,7 @@ class Study:
     mode: Mode = "max"
     search: SearchSettings = field(default_factory=SearchSettings)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    confirm: ConfirmSettings = field(default_factory=ConfirmSettings)
     storage: str = "runs"
     trackers: dict[str, Any] = field(default_factory=dict)
 
@@ -141,6 +161,7 @@ class Study:
                 "points_to_evaluate": self.points, "metric": self.metric, "mode": self.mode,
                 "search": dataclasses.asdict(self.search),
                 "scheduler": dataclasses.asdict(self.scheduler),
+                "confirm": dataclasses.asdict(self.confirm),
                 "storage": self.storage, "trackers": self.trackers}
         folder.mkdir(parents=True, exist_ok=True)
         (folder / STUDY_FILE).write_text(yaml.safe_dump(data, sort_keys=False))
@@ -187,6 +208,20 @@ def _parse_dist(key: str, spec: Any, source: Path) -> Dist:
     if plain_type(fields[key]) is int and kind != "int":
         raise ConfigError(f"{source}: space '{key}' is an int field: use type int")
     return Dist(key, kind, low=low, high=high)
+
+
+def _check_metrics(metric: str, scheduler: SchedulerSettings, base: TrainConfig, source: Path) -> None:
+    """The objective and the rung metric must be values the runs report at every measured epoch,
+    and measurable without labels when the evaluation is label-free."""
+    for key, name in (("metric", metric), ("scheduler.rung_metric", scheduler.rung_metric)):
+        if name is None:
+            continue
+        if name not in EPOCH_METRICS:
+            raise ConfigError(f"{source}: '{key}' = {name!r} is not reported by the runs at each measured epoch "
+                              f"(reported: {', '.join(EPOCH_METRICS)})")
+        if base.eval.label_free and name in LABELLED_METRICS:
+            raise ConfigError(f"{source}: '{key}' = {name!r} needs labels, but eval.label_free is true "
+                              "(e.g. metric: rankme)")
 
 
 def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Study:
@@ -247,7 +282,10 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
                                   f"the space ({by_key[key].type} {by_key[key].corners()})")
     metric = coerce(data.get("metric", Study.metric), str, "metric", str(source))
     mode = coerce(data.get("mode", Study.mode), Mode, "mode", str(source))
+    _check_metrics(metric, scheduler, base, source)
+    confirm = _settings(ConfirmSettings, data.get("confirm"), "confirm", source)
     return Study(path=source, name=str(data.get("name") or source.stem), base=base, space=space,
                  points=[dict(p) for p in points], metric=metric, mode=mode, search=search, scheduler=scheduler,
+                 confirm=confirm,
                  storage=str(data.get("storage") or base.run.storage),
                  trackers=dict(data.get("trackers") or {}))

@@ -30,7 +30,7 @@ from harness.checkpoint import (
 )
 from harness.config import TrainConfig, build_config, to_dict
 from harness.gpu_check import require_usable_gpu
-from harness.objective import is_probed
+from harness.objective import EVAL_METRICS, is_probed
 from shards.augment import to_model_input
 from shards.pipeline import steps_per_epoch, train_loader
 from shards.urls import is_remote, local_path
@@ -249,8 +249,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             every = cfg.run.checkpoint_every_steps
             if every and (step + 1) % every == 0 and step + 1 < steps:
                 state = _state(engine, cfg, epoch, step + 1, best, history, epoch_rng)
-                _report({"epoch": epoch + (step + 1) / steps, "probe_top1": float("nan"), "probed_epoch": -1,
-                         **meter.summary()}, state, rank, cfg.run.checkpoint_upload)
+                _report({"epoch": epoch + (step + 1) / steps, **dict.fromkeys(EVAL_METRICS, float("nan")),
+                         "probed_epoch": -1, **meter.summary()}, state, rank, cfg.run.checkpoint_upload)
             if cfg.run.log_every_steps and rank == 0 and (step + 1) % cfg.run.log_every_steps == 0:
                 print(f"[train] epoch {epoch + 1} step {step + 1}/{steps} loss {metrics['loss']:.4f}", flush=True)
 
@@ -266,7 +266,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         best = max(best, evaluation.get("probe_top1", 0.0))
         epoch_metrics.update(evaluation)
         epoch_metrics.update(epoch=done, best_probe_top1=best, probed_epoch=done if probed else -1)
-        epoch_metrics.setdefault("probe_top1", float("nan"))
+        for key in EVAL_METRICS:
+            epoch_metrics.setdefault(key, float("nan"))
         history.append({k: float(v) for k, v in epoch_metrics.items()})
         state = _state(engine, cfg, done, 0, best, history, rng_state())
         log.write(done, epoch_metrics)

@@ -136,22 +136,24 @@ def main(argv: list[str] | None = None) -> int:
     study.base = prepare_paths(study.base, args.space)
     study.base_dict = to_dict(study.base)
     uri, folder = study_location(study, args)
-    print(f"[study] {study.name}: {study.search.num_samples} trials x <= {study.scheduler.max_t} epochs, "
+    confirm = (f", then the top {study.confirm.top_k} configs again with {study.confirm.seeds} more "
+               f"seed(s) each" if study.confirm.top_k else "")
+    print(f"[study] {study.name}: {study.search.num_samples} trials x <= {study.scheduler.max_t} epochs{confirm}, "
           f"{len(study.space)} parameters, {study.search.max_concurrent} at once; folder {uri}",
           flush=True)
     print(f"[study] objective: {objective_line(study)}", flush=True)
 
     baseline = {} if args.no_baseline else random_init_baseline(study, folder)
     if baseline:
-        print(f"[study] random-init backbone: probe_top1 {baseline['probe_top1']:.4f} "
-              f"knn_top1 {baseline['knn_top1']:.4f}", flush=True)
+        shown = " ".join(f"{k} {baseline[k]:.4f}" for k in (study.metric, "knn_top1") if k in baseline)
+        print(f"[study] random-init backbone: {shown}", flush=True)
 
     import ray
 
     from harness.console import summary_table
     from harness.ray_session import connect, quiet_tune
     from harness.report import write_plots
-    from harness.results import collect, describe_best, write_results
+    from harness.results import close_call, collect, describe_best, write_results
     from harness.tuner import build_tuner, unschedulable
 
     quiet_tune(args.verbose)
@@ -169,20 +171,22 @@ def main(argv: list[str] | None = None) -> int:
     tuner = build_tuner(study, uri, folder, retry_errored=args.retry_errored, verbose=args.verbose)
     tuner.fit()
 
-    best = write_results(study, uri, folder)
+    trials, curves = collect(study, uri)
+    best = write_results(study, trials, curves, folder)
     if baseline and best:  # no best when every trial errored
         best["random_init"] = baseline
         (folder / "best.json").write_text(json.dumps(best, indent=2))
-    write_plots(study, uri, folder)
-    trials, _ = collect(study, uri)
+    write_plots(study, trials, curves, folder)
     print("\n" + summary_table(trials, study.metric, [d.key for d in study.space]))
     for _, row in trials[trials["status"] == "ERROR"].iterrows():
         print(f"[study] errored {row['trial_id']}: {row['error']} (rerun with --retry-errored)")
     if best:
         line = f"\n[study] {describe_best(best)}"
         if baseline:
-            line += f"; random-init backbone {baseline['probe_top1']:.4f}"
+            line += f"; random-init backbone {baseline[study.metric]:.4f}"
         print(line)
+        if close_call(best):
+            print(f"[study] {close_call(best)}")
         print(f"[study] best config: {folder / 'best_config.yaml'}\n[study] best checkpoint: {best['checkpoint_path']}")
     print(f"[study] results: {folder / 'results.parquet'} (pandas.read_parquet), plots in {folder / 'plots'}")
     if is_remote(uri):

@@ -12,13 +12,14 @@ from typing import Any
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import FIFOScheduler
-from ray.tune.search import BasicVariantGenerator
 
 from harness.asha import ResumableASHA
 from harness.config import build_config
 from harness.console import TrialProgress, quiet_train_console
+from harness.objective import CONFIRM_OF
 from harness.searcher import BudgetAwareOptunaSearch
 from harness.study_file import Study
+from harness.study_storage import storage_location
 from harness.trainer import fit
 
 
@@ -27,28 +28,31 @@ def trial_driver(params: dict[str, Any], base: dict[str, Any], train_storage: st
     """One trial: the base config plus the sampled values, trained by a TorchTrainer.
 
     The Train run is named by the trial id, so a restored study resumes each unfinished trial
-    from its last checkpoint instead of starting it over.
+    from its last checkpoint instead of starting it over. A confirm run names the search trial
+    it repeats (CONFIRM_OF) besides its config and seed.
     """
+    params = {k: v for k, v in params.items() if k != CONFIRM_OF}
     cfg = build_config(base, params, source="trial")
     cfg.run.storage = train_storage
     trial_id = tune.get_context().get_trial_id()
     fit(cfg, f"train-{trial_id}", callbacks=[TuneReportCallback(), *quiet_train_console(verbose)], verbose=verbose)
 
 
-def _searcher(study: Study) -> Any:
-    if study.search.sampler == "random":
-        # Tune ignores max_concurrent_trials for this searcher: it must be given here.
-        return BasicVariantGenerator(points_to_evaluate=study.points, random_state=study.search.seed,
-                                     max_concurrent=study.search.max_concurrent)
+def _searcher(study: Study, study_uri: str, local_dir: Path) -> BudgetAwareOptunaSearch:
     import optuna
 
-    # constant_liar: running trials count as bad, so parallel workers do not sample one spot.
-    sampler = optuna.samplers.TPESampler(seed=study.search.seed, constant_liar=True,
-                                         n_startup_trials=study.search.startup_trials,
-                                         multivariate=study.search.multivariate)
-    return BudgetAwareOptunaSearch(study.space, metric=study.metric, mode=study.mode,
-                                   max_epochs=study.scheduler.max_t, points_to_evaluate=study.points,
-                                   sampler=sampler, max_concurrent=study.search.max_concurrent)
+    if study.search.sampler == "random":
+        sampler = optuna.samplers.RandomSampler(seed=study.search.seed)
+    else:  # constant_liar: running trials count as bad, so parallel workers do not sample one spot
+        sampler = optuna.samplers.TPESampler(seed=study.search.seed, constant_liar=True,
+                                             n_startup_trials=study.search.startup_trials,
+                                             multivariate=study.search.multivariate)
+    return BudgetAwareOptunaSearch(
+        study.space, metric=study.metric, mode=study.mode, max_epochs=study.scheduler.max_t,
+        storage=storage_location(study.search.storage, local_dir), study_name=study_uri.rstrip("/").rsplit("/", 1)[-1],
+        points_to_evaluate=study.points, sampler=sampler, max_concurrent=study.search.max_concurrent,
+        search_trials=study.search.num_samples, confirm=(study.confirm.top_k, study.confirm.seeds),
+        base_seed=study.base.run.seed)
 
 
 def _scheduler(study: Study, study_uri: str) -> Any:
@@ -57,14 +61,23 @@ def _scheduler(study: Study, study_uri: str) -> Any:
     # ASHA keyed on the reported epoch: training_iteration restarts at 0 after a restore.
     return ResumableASHA(study_uri, study.metric, max_t=study.scheduler.max_t,
                          grace_period=study.scheduler.grace_period,
-                         reduction_factor=study.scheduler.reduction_factor)
+                         reduction_factor=study.scheduler.reduction_factor,
+                         rung_metric=study.scheduler.rung_metric, rung_mode=study.scheduler.rung_mode)
 
 
-def tune_config(study: Study, study_uri: str) -> tune.TuneConfig:
-    """How the study searches and stops: the searcher, ASHA and the objective (harness/objective.py)."""
+def confirm_trials(study: Study) -> int:
+    """The most confirm runs a study can ask for: each candidate 1 + seeds runs (harness/objective.py)."""
+    return study.confirm.top_k * (1 + study.confirm.seeds)
+
+
+def tune_config(study: Study, study_uri: str, local_dir: Path | None = None) -> tune.TuneConfig:
+    """How the study searches and stops: the searcher, ASHA and the objective (harness/objective.py).
+
+    `local_dir` holds the study's Optuna journal (default: the study folder itself)."""
     return tune.TuneConfig(
-        metric=study.metric, mode=study.mode, search_alg=_searcher(study),
-        scheduler=_scheduler(study, study_uri), num_samples=study.search.num_samples,
+        metric=study.metric, mode=study.mode,
+        search_alg=_searcher(study, study_uri, local_dir or Path(study_uri)),
+        scheduler=_scheduler(study, study_uri), num_samples=study.search.num_samples + confirm_trials(study),
         max_concurrent_trials=study.search.max_concurrent,
         # Not reuse_actors, although each new driver process imports torch again (through
         # ray.train.torch; bench/trial_actor_start.py): a driver's thread outlives fit() by more
@@ -95,14 +108,16 @@ def _trackers(study: Study, local_dir: Path) -> list[Any]:
 
 
 def build_tuner(study: Study, study_uri: str, local_dir: Path, retry_errored: bool = False,
-                verbose: bool = False, callbacks: tuple[tune.Callback, ...] = ()) -> tune.Tuner:
+                verbose: bool = False, callbacks: tuple[tune.Callback, ...] = (),
+                trainable: Any = None) -> tune.Tuner:
     """A new Tuner, or the interrupted study restored (finished trials are kept, not re-run).
 
     `study_uri` is where Tune and Train write (a folder or an s3:// / gs:// URI shared by all
-    nodes); `local_dir` holds what the driver writes itself (MLflow's default store);
-    `callbacks` are Tune callbacks added to the study's own (bench/goodput.py's timestamps).
+    nodes); `local_dir` holds what the driver writes itself (the Optuna journal, MLflow's default
+    store); `callbacks` are Tune callbacks added to the study's own (bench/goodput.py's timestamps);
+    `trainable` replaces the trial driver (a function of the trial's config: tests and benchmarks).
     """
-    trainable = tune.with_resources(
+    trainable = trainable or tune.with_resources(
         tune.with_parameters(trial_driver, base=study.base_dict,
                              train_storage=f"{study_uri}/train", verbose=verbose),
         resources=dict(study.base.scaling.trial_driver_resources),
@@ -117,7 +132,7 @@ def build_tuner(study: Study, study_uri: str, local_dir: Path, retry_errored: bo
     return tune.Tuner(
         trainable,
         param_space=param_space,
-        tune_config=tune_config(study, study_uri),
+        tune_config=tune_config(study, study_uri, local_dir),
         run_config=tune.RunConfig(
             name=name, storage_path=storage,
             callbacks=[TrialProgress(study.metric, study.scheduler.max_t), *_trackers(study, local_dir),

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from harness.config import build_config, load_config
-from harness.searcher import load_search_state
+from harness.objective import EPOCH_METRICS
+from harness.study_storage import load_trials_study
 from tests.tiny import tiny_base, write_tiny_study
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,8 +68,10 @@ def test_tune_study_writes_dataframe_and_best_config(ray_head, demo_shards, tmp_
     best = json.loads((folder / "best.json").read_text())
     assert best["trial_id"] == frame["trial_id"].iloc[0]  # results are ranked by the one objective
     assert best["split"] == "val" and best["probe_top1"] == frame["probe_top1"].iloc[0]
-    assert load_search_state(folder).best_trial.user_attrs["tune_trial_id"] == best["trial_id"]  # Optuna agrees
+    assert load_trials_study(folder).best_trial.user_attrs["tune_trial_id"] == best["trial_id"]  # Optuna agrees
     assert Path(best["checkpoint_path"]).is_dir()
+    reports = [json.loads(line) for line in next(folder.glob("trial_driver_*/result.json")).read_text().splitlines()]
+    assert set(EPOCH_METRICS) <= set(reports[-1])  # every metric a study may select or rung on is reported
 
     assert len(list(folder.glob("trial_driver_*/events.out.tfevents.*"))) == 2  # TensorBoard, always
     import mlflow

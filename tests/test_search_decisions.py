@@ -14,9 +14,10 @@ from optuna.trial import TrialState
 from ray import tune
 
 from harness.asha import ResumableASHA
+from harness.objective import measured_step
 from harness.results import epoch_reports
-from harness.searcher import load_search_state, measured_step
 from harness.study_file import load_study
+from harness.study_storage import load_trials_study
 from harness.tuner import tune_config
 from tests.tiny import write_tiny_study
 
@@ -58,7 +59,7 @@ def measured(uri: Path) -> dict[str, dict[int, float]]:
 def test_optuna_is_told_every_rung_value_and_asha_rungs_rebuild(ray_head, tmp_path):
     uri, live_asha = run_study(tmp_path, samples=10)
     values = measured(uri)
-    ot = load_search_state(uri)
+    ot = load_trials_study(uri)
     by_tune_id = {t.user_attrs["tune_trial_id"]: t for t in ot.trials}
 
     assert set(by_tune_id) == set(values) and len(ot.trials) == len(values)  # one Optuna trial per trial
@@ -126,9 +127,34 @@ def test_retried_errored_trial_reaches_optuna_through_tunes_limiter(tmp_path):
                       ("a", TrialState.COMPLETE, 0.6, {1: 0.4, 2: 0.6})]
     assert study.trials[2].params == study.trials[0].params == first
     assert study.best_trial.user_attrs["tune_trial_id"] == "a"
-    # a restored trial whose suggestion the saved searcher state predates: known by its config
-    config = {"loss.mil_weight": 0.7, "data.crops.local_crops": 1}
-    searcher.on_trial_result("z", {"epoch": 1, "probe_top1": 0.3, "config": config})
-    searcher.on_trial_complete("z", {"epoch": 1, "probe_top1": 0.3, "config": config})
-    last = study.trials[-1]
-    assert (last.user_attrs["tune_trial_id"], last.state, last.params) == ("z", TrialState.PRUNED, config)
+
+
+def test_restore_retires_trials_tune_was_never_given(tmp_path):
+    """The storage is written at each suggestion, Tune's state every few seconds: a driver killed in
+    between leaves a running Optuna trial (or confirm run) that Tune never heard of. Restored from
+    Tune's saved position, the searcher tells it FAIL (marked lost) and suggests a new one."""
+    space = write_tiny_study(tmp_path / "s.yaml", tmp_path / "no-shards", tmp_path / "runs", max_t=2,
+                             search={"sampler": "random", "num_samples": 2, "max_concurrent": 2, "seed": 0},
+                             confirm={"top_k": 1, "seeds": 1})
+    study = load_study(space)
+    searcher = tune_config(study, str(tmp_path / "tiny")).search_alg
+    searcher.suggest("a")
+    searcher.save(str(tmp_path / "saved.pkl"))  # Tune's position: it knows "a"
+    searcher.suggest("b")  # in the storage, never in Tune's saved state
+    restored = tune_config(study, str(tmp_path / "tiny")).search_alg
+    restored.restore(str(tmp_path / "saved.pkl"))
+    told = {t.user_attrs["tune_trial_id"]: t for t in restored.study.trials}
+    assert told["a"].state == TrialState.RUNNING
+    assert told["b"].state == TrialState.FAIL and told["b"].user_attrs["lost"]
+    assert restored.suggest("c") is not None  # the lost trial does not count as searched
+    restored.on_trial_complete("a", {"epoch": 2, "probe_top1": 0.5})
+    restored.on_trial_complete("c", {"epoch": 2, "probe_top1": 0.4})
+    confirm = restored.suggest("d")
+    assert confirm["confirm_of"] == "a" and confirm["run.seed"] == 1
+    restored.save(str(tmp_path / "saved2.pkl"))
+    assert restored.suggest("e") == "FINISHED"  # one candidate x one seed: nothing left
+    again = tune_config(study, str(tmp_path / "tiny")).search_alg
+    again.restore(str(tmp_path / "saved.pkl"))  # a position from before "d": the confirm run is lost
+    assert again.study.user_attrs["confirm:d"]["state"] == "LOST"
+    assert again.suggest("f") == {**confirm}  # and suggested again under a new id
+    assert again.study.user_attrs["confirm:f"]["state"] == "RUNNING"
