@@ -53,7 +53,7 @@ def optuna_distribution(d: Dist) -> BaseDistribution:
 class BudgetAwareOptunaSearch(Searcher):
     """Optuna over the study's space; see the module docstring for what it is told and when."""
 
-    def __init__(self, space: list[Dist], metric: str, mode: str, max_epochs: int, storage: str,
+    def __init__(self, space: list[Dist], metric: str, mode: str, max_epochs: int, storage: str | None,
                  study_name: str, points_to_evaluate: list[dict[str, Any]] | None = None,
                  sampler: optuna.samplers.BaseSampler | None = None, max_concurrent: int = 1,
                  search_trials: int | None = None, confirm: tuple[int, int] = (0, 0),
@@ -76,10 +76,11 @@ class BudgetAwareOptunaSearch(Searcher):
 
     @property
     def study(self) -> optuna.Study:
-        """The Optuna study in its storage, opened (and created) on first use."""
+        """The Optuna study in its storage (None: in memory, for replays), opened on first use."""
         if self._study is None:
             self._study = optuna.create_study(
-                storage=open_storage(self.storage, writer=True), study_name=self.study_name,
+                storage=open_storage(self.storage, writer=True) if self.storage else None,
+                study_name=self.study_name,
                 direction="maximize" if self.mode == "max" else "minimize", sampler=self._sampler,
                 load_if_exists=True)
             if not self._study.trials and not self._study.user_attrs:
