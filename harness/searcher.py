@@ -57,7 +57,7 @@ class BudgetAwareOptunaSearch(Searcher):
                  study_name: str, points_to_evaluate: list[dict[str, Any]] | None = None,
                  sampler: optuna.samplers.BaseSampler | None = None, max_concurrent: int = 1,
                  search_trials: int | None = None, confirm: tuple[int, int] = (0, 0),
-                 base_seed: int = 0) -> None:
+                 base_seed: int = 0, inherited: list[optuna.trial.FrozenTrial] | None = None) -> None:
         super().__init__(metric=metric, mode=mode)
         self.max_epochs = max_epochs
         self.max_concurrent = max_concurrent
@@ -67,6 +67,7 @@ class BudgetAwareOptunaSearch(Searcher):
         self.confirm = confirm  # (top_k, extra seeds per config)
         self.base_seed = base_seed
         self._points = list(points_to_evaluate or [])
+        self._inherited = list(inherited or [])  # a warm start's trials (harness/warm_start.py)
         self._sampler = sampler or optuna.samplers.TPESampler()
         self._distributions = {d.key: optuna_distribution(d) for d in space}
         self._given: set[str] = set()  # Tune trial ids suggested to Tune (pickled with Tune's state)
@@ -83,7 +84,10 @@ class BudgetAwareOptunaSearch(Searcher):
                 study_name=self.study_name,
                 direction="maximize" if self.mode == "max" else "minimize", sampler=self._sampler,
                 load_if_exists=True)
-            if not self._study.trials and not self._study.user_attrs:
+            if not self._study.trials and not self._study.user_attrs:  # a new study
+                for key, value in (("metric", self.metric), ("mode", self.mode), ("max_t", self.max_epochs)):
+                    self._study.set_user_attr(key, value)
+                self._study.add_trials(self._inherited)
                 for point in self._points:
                     self._study.enqueue_trial(point)
             self._rebuild()
@@ -227,7 +231,7 @@ class BudgetAwareOptunaSearch(Searcher):
 
     def __getstate__(self) -> dict[str, Any]:
         """What Tune pickles: settings, the sampler and the ids given to Tune; never the storage."""
-        views = ("_study", "_live", "_trials", "_values", "_params")
+        views = ("_study", "_live", "_trials", "_values", "_params", "_inherited")
         return {**{k: v for k, v in self.__dict__.items() if k not in views}, "_study": None}
 
     def save(self, checkpoint_path: str) -> None:

@@ -21,12 +21,13 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness.cli_errors import exit_on_user_error  # noqa: E402
-from harness.config import parse_overrides, to_dict  # noqa: E402
+from harness.config import ConfigError, parse_overrides, to_dict  # noqa: E402
 from harness.job_paths import keep_out_of_job_copy, outside_job_copy  # noqa: E402
 from harness.objective import rung_epochs  # noqa: E402
 from harness.preflight import is_remote, prepare_paths  # noqa: E402
 from harness.ray_session import choose_address  # noqa: E402
 from harness.study_file import Study, load_study  # noqa: E402
+from harness.study_storage import storage_location  # noqa: E402
 
 DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "tune_spaces" / "demo.yaml"
 
@@ -47,6 +48,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--retry-errored", action="store_true",
                         help="when resuming, run errored trials again")
     parser.add_argument("--num-samples", type=int, help="override search.num_samples")
+    parser.add_argument("--warm-start", metavar="RUN_DIR_OR_STORAGE",
+                        help="begin a new study with the finished trials of an earlier one whose space overlaps: "
+                             "its study folder, its Optuna journal, or a database URL[#STUDY] "
+                             "(harness/warm_start.py); they inform the sampler and are never counted as run")
     parser.add_argument("--no-baseline", action="store_true",
                         help="skip the random-init probe measured before the study")
     parser.add_argument("--verbose", action="store_true", help="Ray's own logs and progress tables")
@@ -70,6 +75,30 @@ def study_location(study: Study, args: argparse.Namespace) -> tuple[str, Path]:
         return f"{storage.rstrip('/')}/{name}", Path(outside_job_copy("runs")).resolve() / name
     local = Path(storage).expanduser().resolve() / name
     return str(local), local
+
+
+def study_exists(uri: str) -> bool:
+    """Whether Tune has state for this study (the same command then resumes it)."""
+    from ray import tune
+
+    return tune.Tuner.can_restore(uri)
+
+
+def check_storage_matches(study: Study, folder: Path, resuming: bool) -> None:
+    """A new study must not meet trials of another in its Optuna storage (a deleted Tune folder
+    beside a kept journal, or a shared database that holds the name already)."""
+    import optuna
+
+    from harness.study_storage import open_storage
+
+    location = storage_location(study.search.storage, folder)
+    if resuming or ("://" not in location and not Path(location).is_file()):
+        return
+    names = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(open_storage(location))}
+    if names.get(folder.name):
+        raise ConfigError(f"{location} already holds a study '{folder.name}' with {names[folder.name]} trials, "
+                          "but Tune has no state for it: run with --restart or --name NAME for a new study "
+                          "(or --warm-start to learn from that one)")
 
 
 def upload(local: Path, uri: str) -> None:
@@ -130,18 +159,33 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     study = load_study(args.space, parse_overrides(args.overrides))
     choose_address()  # a dead RAY_ADDRESS ends here, before the demo set or the baseline
+    inherited = None
+    if args.warm_start:
+        from harness.warm_start import inherit
+
+        inherited = inherit(args.warm_start, study)  # an incompatible study is refused here, before Ray
     if args.num_samples:
         study.search.num_samples = args.num_samples
     keep_out_of_job_copy(study.base, "[study]")  # and study_location does the same for --storage
     study.base = prepare_paths(study.base, args.space)
     study.base_dict = to_dict(study.base)
     uri, folder = study_location(study, args)
+    resuming = study_exists(uri)
+    check_storage_matches(study, folder, resuming)
+    if resuming:
+        inherited = None  # the study's storage has what it inherited when it was created
     confirm = (f", then the top {study.confirm.top_k} configs again with {study.confirm.seeds} more "
                f"seed(s) each" if study.confirm.top_k else "")
     print(f"[study] {study.name}: {study.search.num_samples} trials x <= {study.scheduler.max_t} epochs{confirm}, "
           f"{len(study.space)} parameters, {study.search.max_concurrent} at once; folder {uri}",
           flush=True)
     print(f"[study] objective: {objective_line(study)}", flush=True)
+    if inherited is not None:
+        print(f"[study] {inherited.line()}", flush=True)
+    elif args.warm_start:
+        print("[study] --warm-start ignored: the study exists already (its inherited trials are kept)", flush=True)
+    print(f"[study] watch it: optuna-dashboard {storage_location(study.search.storage, folder)} "
+          "(pip install optuna-dashboard)", flush=True)
 
     baseline = {} if args.no_baseline else random_init_baseline(study, folder)
     if baseline:
@@ -168,13 +212,17 @@ def main(argv: list[str] | None = None) -> int:
         # the study folder, so Tune's default period stands there.
         os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     study.save(folder)
-    tuner = build_tuner(study, uri, folder, retry_errored=args.retry_errored, verbose=args.verbose)
+    tuner = build_tuner(study, uri, folder, retry_errored=args.retry_errored, verbose=args.verbose,
+                        inherited=inherited.trials if inherited else ())
     tuner.fit()
 
     trials, curves = collect(study, uri)
     best = write_results(study, trials, curves, folder)
-    if baseline and best:  # no best when every trial errored
-        best["random_init"] = baseline
+    if best and (baseline or inherited):  # no best when every trial errored
+        if baseline:
+            best["random_init"] = baseline
+        if inherited:
+            best["inherited"] = {"from": inherited.source, "trials": len(inherited.trials)}
         (folder / "best.json").write_text(json.dumps(best, indent=2))
     write_plots(study, trials, curves, folder)
     print("\n" + summary_table(trials, study.metric, [d.key for d in study.space]))

@@ -38,7 +38,7 @@ def trial_driver(params: dict[str, Any], base: dict[str, Any], train_storage: st
     fit(cfg, f"train-{trial_id}", callbacks=[TuneReportCallback(), *quiet_train_console(verbose)], verbose=verbose)
 
 
-def _searcher(study: Study, study_uri: str, local_dir: Path) -> BudgetAwareOptunaSearch:
+def _searcher(study: Study, study_uri: str, local_dir: Path, inherited: list[Any]) -> BudgetAwareOptunaSearch:
     import optuna
 
     if study.search.sampler == "random":
@@ -52,7 +52,7 @@ def _searcher(study: Study, study_uri: str, local_dir: Path) -> BudgetAwareOptun
         storage=storage_location(study.search.storage, local_dir), study_name=study_uri.rstrip("/").rsplit("/", 1)[-1],
         points_to_evaluate=study.points, sampler=sampler, max_concurrent=study.search.max_concurrent,
         search_trials=study.search.num_samples, confirm=(study.confirm.top_k, study.confirm.seeds),
-        base_seed=study.base.run.seed)
+        base_seed=study.base.run.seed, inherited=inherited)
 
 
 def _scheduler(study: Study, study_uri: str) -> Any:
@@ -70,13 +70,15 @@ def confirm_trials(study: Study) -> int:
     return study.confirm.top_k * (1 + study.confirm.seeds)
 
 
-def tune_config(study: Study, study_uri: str, local_dir: Path | None = None) -> tune.TuneConfig:
+def tune_config(study: Study, study_uri: str, local_dir: Path | None = None,
+                inherited: list[Any] = ()) -> tune.TuneConfig:
     """How the study searches and stops: the searcher, ASHA and the objective (harness/objective.py).
 
-    `local_dir` holds the study's Optuna journal (default: the study folder itself)."""
+    `local_dir` holds the study's Optuna journal (default: the study folder itself); `inherited`
+    are a warm start's trials (harness/warm_start.py), added when the study's storage is created."""
     return tune.TuneConfig(
         metric=study.metric, mode=study.mode,
-        search_alg=_searcher(study, study_uri, local_dir or Path(study_uri)),
+        search_alg=_searcher(study, study_uri, local_dir or Path(study_uri), list(inherited)),
         scheduler=_scheduler(study, study_uri), num_samples=study.search.num_samples + confirm_trials(study),
         max_concurrent_trials=study.search.max_concurrent,
         # Not reuse_actors, although each new driver process imports torch again (through
@@ -109,13 +111,14 @@ def _trackers(study: Study, local_dir: Path) -> list[Any]:
 
 def build_tuner(study: Study, study_uri: str, local_dir: Path, retry_errored: bool = False,
                 verbose: bool = False, callbacks: tuple[tune.Callback, ...] = (),
-                trainable: Any = None) -> tune.Tuner:
+                trainable: Any = None, inherited: list[Any] = ()) -> tune.Tuner:
     """A new Tuner, or the interrupted study restored (finished trials are kept, not re-run).
 
     `study_uri` is where Tune and Train write (a folder or an s3:// / gs:// URI shared by all
     nodes); `local_dir` holds what the driver writes itself (the Optuna journal, MLflow's default
     store); `callbacks` are Tune callbacks added to the study's own (bench/goodput.py's timestamps);
-    `trainable` replaces the trial driver (a function of the trial's config: tests and benchmarks).
+    `trainable` replaces the trial driver (a function of the trial's config: tests and benchmarks);
+    `inherited` are a warm start's trials for a new study.
     """
     trainable = trainable or tune.with_resources(
         tune.with_parameters(trial_driver, base=study.base_dict,
@@ -132,7 +135,7 @@ def build_tuner(study: Study, study_uri: str, local_dir: Path, retry_errored: bo
     return tune.Tuner(
         trainable,
         param_space=param_space,
-        tune_config=tune_config(study, study_uri, local_dir),
+        tune_config=tune_config(study, study_uri, local_dir, inherited),
         run_config=tune.RunConfig(
             name=name, storage_path=storage,
             callbacks=[TrialProgress(study.metric, study.scheduler.max_t), *_trackers(study, local_dir),
