@@ -72,3 +72,19 @@ def test_cmd_model_imports_neither_harness_nor_shards():
     for f in (pathlib.Path(__file__).resolve().parent.parent / "cmd_model").glob("*.py"):
         text = f.read_text()
         assert not any(f"{w} {m}" in text for w in ("import", "from") for m in ("shards", "harness")), f
+
+
+def test_label_free_evaluation_reports_rankme_of_the_val_features_alone(tmp_path, demo_shards):
+    """Unlabeled shards: each measured epoch is RankMe of the teacher's val features, nothing that
+    needs labels, and the same number the labelled evaluation reports."""
+    from cmd_model.rankme import rankme
+
+    cfg, engine = _run_checkpoint(tmp_path / "checkpoint_000001", demo_shards)
+    free = build_config(to_dict(cfg), {"eval.label_free": True})
+    metrics = evaluate_backbone(engine.teacher_backbone, free.data, free.eval, torch.device("cpu"))
+    assert set(metrics) == {"rankme", "probe_seconds"}
+    val = extract_features(engine.teacher_backbone, eval_loader(cfg.data, cfg.data.val_split),
+                           cfg.eval.rankme_feature, torch.device("cpu"))[0]
+    assert metrics["rankme"] == rankme(val)
+    labelled = evaluate_backbone(engine.teacher_backbone, cfg.data, cfg.eval, torch.device("cpu"), seed=cfg.run.seed)
+    assert labelled["rankme"] == metrics["rankme"] and 1.0 < metrics["rankme"] <= val.shape[1]

@@ -116,3 +116,28 @@ def test_numbers_in_a_study_file_and_its_overrides(tmp_path):
     assert (study.space[0].low, study.space[0].high) == (1e-4, 1e-2)
     assert study.points == [{"optim.lr": 5e-3}]
     assert study.base.optim.min_lr == 1e-7
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"metric": "probe_top"}, "'metric' = 'probe_top' is not reported"),
+    ({"scheduler": {"type": "asha", "max_t": 9, "grace_period": 3, "reduction_factor": 3, "rung_metric": "knn"}},
+     "'scheduler.rung_metric' = 'knn' is not reported"),
+    ({"confirm": {"top_k": -1}}, "confirm"),
+    ({"confirm": {"top_k": 2, "seeds": 0}}, "confirm"),
+])
+def test_metrics_and_confirm_settings_are_checked(tmp_path, changes, message):
+    with pytest.raises(ConfigError, match=message):
+        load_study(study_file(tmp_path, **changes))
+
+
+def test_a_label_free_study_selects_on_a_label_free_metric(tmp_path):
+    with pytest.raises(ConfigError, match="'metric' = 'probe_top1' needs labels"):
+        load_study(study_file(tmp_path), {"eval.label_free": True})
+    study = load_study(study_file(tmp_path, metric="rankme"), {"eval.label_free": True})
+    assert study.metric == "rankme" and study.base.eval.label_free
+
+
+def test_dataset_studies_confirm_their_top_three_with_two_more_seeds():
+    for name in ("cub", "cars", "aircraft"):
+        confirm = load_study(ROOT / "tune_spaces" / f"{name}.yaml").confirm
+        assert (confirm.top_k, confirm.seeds) == (3, 2), name

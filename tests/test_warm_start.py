@@ -35,7 +35,7 @@ def earlier_study(tmp_path: Path) -> Path:
     folder = tmp_path / "runs" / "earlier"
     study.save(folder)
     searcher = tune_config(study, str(folder)).search_alg
-    for i, (_, _, _, value) in enumerate(EARLIER):
+    for i in range(len(EARLIER)):
         searcher.suggest(f"e{i}")
     for i, (_, _, _, value) in enumerate(EARLIER):
         if value is None:
