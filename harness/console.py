@@ -103,10 +103,21 @@ def first_error_line(trial: Any) -> str:
     return lines[-1][:300] if lines else "unknown error"
 
 
-def summary_table(frame: pd.DataFrame, metric: str, params: list[str]) -> str:
-    """Trials in the study's ranking (harness/objective.py), best first, with their parameters."""
+def summary_table(frame: pd.DataFrame, metric: str, params: list[str], mode: str = "max") -> str:
+    """Trials in the study's ranking (harness/objective.py), best first, with their parameters; with
+    a confirm stage, each run's seed and the search trial it repeats, then the configs by mean."""
     if frame.empty:
         return "(no trials)"
-    cols = ["trial_id", metric, "objective_epoch", "epochs", "stop_reason", *params]
+    confirm = "confirm_of" in frame and frame["confirm_of"].astype(bool).any()
+    cols = ["trial_id", metric, "objective_epoch", "epochs", "stop_reason",
+            *(["seed", "confirm_of"] if confirm else []), *params]
     shown = frame[[c for c in cols if c in frame]].rename(columns={"objective_epoch": "at_epoch"})
-    return shown.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+    table = shown.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+    if not confirm:
+        return table
+    configs = frame[~frame["confirm_of"].astype(bool)].sort_values("config_mean", ascending=mode != "max",
+                                                                  na_position="last")
+    lines = [f"  {row['trial_id']}  {metric} mean {row['config_mean']:.4f} +- {row['config_std']:.4f} "
+             f"over {int(row['config_runs'])} full-budget runs"
+             for _, row in configs.iterrows() if row["config_runs"] > 1]
+    return table + "\n\nconfirmed configs (mean +- std over seeds):\n" + "\n".join(lines)

@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             best["inherited"] = {"from": inherited.source, "trials": len(inherited.trials)}
         (folder / "best.json").write_text(json.dumps(best, indent=2))
     write_plots(study, trials, curves, folder)
-    print("\n" + summary_table(trials, study.metric, [d.key for d in study.space]))
+    print("\n" + summary_table(trials, study.metric, [d.key for d in study.space], study.mode))
     for _, row in trials[trials["status"] == "ERROR"].iterrows():
         print(f"[study] errored {row['trial_id']}: {row['error']} (rerun with --retry-errored)")
     if best:
