@@ -158,3 +158,26 @@ def test_restore_retires_trials_tune_was_never_given(tmp_path):
     assert again.study.user_attrs["confirm:d"]["state"] == "LOST"
     assert again.suggest("f") == {**confirm}  # and suggested again under a new id
     assert again.study.user_attrs["confirm:f"]["state"] == "RUNNING"
+
+
+def test_asha_compares_the_rung_metric_and_never_stops_a_confirm_run():
+    """At its rung, ASHA ranks by `scheduler.rung_metric` (here knn_top1, which disagrees with the
+    objective), and a confirm run passes every rung."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    asha = ResumableASHA("unused", "probe_top1", max_t=4, rung_metric="knn_top1", grace_period=1,
+                         reduction_factor=2)
+    asha.set_search_properties("probe_top1", "max")  # what TuneConfig passes
+    trials = [SimpleNamespace(trial_id=t, config={}, has_reported_at_least_once=False) for t in "abc"]
+    confirm = SimpleNamespace(trial_id="d", config={"confirm_of": "a"}, has_reported_at_least_once=False)
+    for trial in [*trials, confirm]:
+        asha.on_trial_add(None, trial)
+    # probe says a > b; knn says b > a: at rung 1 (keep the top half) ASHA follows knn
+    assert asha.on_trial_result(None, trials[0], {"epoch": 1, "probe_top1": 0.9, "knn_top1": 0.5}) == "CONTINUE"
+    assert asha.on_trial_result(None, trials[1], {"epoch": 1, "probe_top1": 0.1, "knn_top1": 0.8}) == "CONTINUE"
+    assert asha.on_trial_result(None, trials[2], {"epoch": 1, "probe_top1": 0.95, "knn_top1": 0.2}) == \
+        TrialScheduler.STOP
+    assert asha.on_trial_result(None, confirm, {"epoch": 1, "probe_top1": 0.0, "knn_top1": 0.0}) == "CONTINUE"
+    assert asha.on_trial_result(None, confirm, {"epoch": 4, "probe_top1": 0.0, "knn_top1": 0.0}) == "CONTINUE"

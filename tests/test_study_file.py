@@ -125,9 +125,13 @@ def test_numbers_in_a_study_file_and_its_overrides(tmp_path):
     ({"confirm": {"top_k": -1}}, "confirm"),
     ({"confirm": {"top_k": 2, "seeds": 0}}, "confirm"),
 ])
-def test_metrics_and_confirm_settings_are_checked(tmp_path, changes, message):
+def test_metrics_and_confirm_settings_are_checked(tmp_path, capsys, no_ray, changes, message):
+    from harness import tune as tune_cli
+
     with pytest.raises(ConfigError, match=message):
         load_study(study_file(tmp_path, **changes))
+    assert tune_cli.main(["--space", str(study_file(tmp_path, **changes))]) == 2  # before Ray
+    assert message.split(" =")[0].strip("'") in capsys.readouterr().err
 
 
 def test_a_label_free_study_selects_on_a_label_free_metric(tmp_path):
