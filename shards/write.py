@@ -44,15 +44,20 @@ class ShardJob:
 
 
 def _plan_digest(job: ShardJob) -> str:
-    """Digest of what a shard should contain, so a resumed run never keeps a shard built from other inputs."""
+    """Digest of what a shard should contain, so a resumed run never keeps a shard built from other inputs.
+
+    Each source file counts by size and mtime: an image edited in place keeps its size often enough
+    (same dimensions, uncompressed formats, same-length edits) that size alone would keep a stale shard.
+    """
     h = hashlib.sha256()
     h.update(json.dumps([job.split, job.name, job.max_side, JPEG_QUALITY]).encode())
     for key, it, cname in job.items:
         try:
-            size = it.path.stat().st_size
+            st = it.path.stat()
+            stamp = [st.st_size, st.st_mtime_ns]
         except OSError:
-            size = -1
-        h.update(json.dumps([key, str(it.path), size, it.label, cname, it.crop_bottom, it.extra],
+            stamp = [-1, -1]
+        h.update(json.dumps([key, str(it.path), stamp, it.label, cname, it.crop_bottom, it.extra],
                             sort_keys=True, default=str).encode())
     return h.hexdigest()
 
@@ -64,6 +69,8 @@ def encode_image(item: Item, max_side: int | None) -> tuple[bytes, int, int, flo
     has to change; otherwise it is converted to RGB, banner-cropped / resized, saved as JPEG.
     """
     from PIL import Image
+
+    from .rgb import to_rgb
 
     raw = item.path.read_bytes()
     with Image.open(io.BytesIO(raw)) as im:
@@ -78,7 +85,7 @@ def encode_image(item: Item, max_side: int | None) -> tuple[bytes, int, int, flo
             scale = max_side / min(w, hc)
         if fmt == "JPEG" and im.mode in ("RGB", "L") and not crop and scale == 1.0:
             return raw, w, h, 1.0, False
-        img = im.convert("RGB")
+        img = to_rgb(im)
     if crop:
         img = img.crop((0, 0, w, hc))
     if scale != 1.0:
@@ -152,6 +159,16 @@ def write_shard(job: ShardJob) -> tuple[ShardRecord, list[dict[str, str]]]:
     return rec, skipped
 
 
+def sample_key(split: str, i: int) -> str:
+    """The WebDataset key of the i-th sample of `split`, free of dots.
+
+    WebDataset cuts a member name at its first dot into key and extension, so a dot in the key
+    (an ImageFolder split folder named `val.v2`) would merge a shard's samples into one. The split
+    keeps its name everywhere else (manifest, shard names); keys only need to be unique in a shard.
+    """
+    return f"{split.replace('.', '_')}_{i:07d}"
+
+
 def plan_jobs(index: DatasetIndex, out: Path, shard_size: int, max_side: int | None,
               seed: int, shuffle: bool) -> list[ShardJob]:
     """Cut each split into shards of `shard_size` items, shuffled once (seeded) so shards mix classes."""
@@ -160,7 +177,7 @@ def plan_jobs(index: DatasetIndex, out: Path, shard_size: int, max_side: int | N
         items = list(items)
         if shuffle:
             random.Random(f"{seed}:{split}").shuffle(items)
-        keyed = [(f"{split}_{i:07d}", it, index.classes[it.label]) for i, it in enumerate(items)]
+        keyed = [(sample_key(split, i), it, index.classes[it.label]) for i, it in enumerate(items)]
         for s in range(0, len(keyed), shard_size):
             job = ShardJob(split, f"{split}-{s // shard_size:06d}.tar", out, index.root,
                            keyed[s:s + shard_size], max_side)
