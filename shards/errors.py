@@ -12,3 +12,7 @@ class ManifestError(ValueError):
 
 class ShardIntegrityError(RuntimeError):
     """A shard is missing, or its sha256 / size differs from the manifest (message names the shard)."""
+
+
+class ShardFolderInUseError(ValueError):
+    """A shard writer's output folder holds another dataset's shards (message names both datasets)."""
