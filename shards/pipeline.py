@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from .augment import PHOTOMETRIC_MODES, eval_view, multicrop, normalize, photometric
 from .config import CropConfig, DataConfig
 from .decode import UndecodableImage, decode_image
-from .errors import ShardIntegrityError
+from .errors import ShardIntegrityError, ShardReadError
 from .manifest import Manifest, load_manifest, verify_split
 from .urls import is_remote, open_url
 
@@ -88,14 +88,12 @@ def iter_shard(url: str, name: str) -> Iterator[dict[str, Any]]:
     try:
         stream = open_url(url)
     except FileNotFoundError:
-        raise ShardIntegrityError(f"shard {name} is missing: {url}") from None
+        raise ShardReadError(name, url, "is missing") from None
     try:
         yield from group_by_keys(tar_file_expander([{"url": url, "stream": stream}]))
     except (OSError, EOFError, ValueError, tarfile.TarError) as e:
-        if isinstance(e, ShardIntegrityError):
-            raise
-        detail = e.args[0] if e.args else e  # webdataset appends the stream to the first argument
-        raise ShardIntegrityError(f"shard {name} at {url} cannot be read: {type(e).__name__}: {detail}") from e
+        detail = str(e.args[0] if e.args else e).split(" @ ")[0]  # webdataset appends " @ <stream>"
+        raise ShardReadError(name, url, f"cannot be read: {type(e).__name__}: {detail}") from e
     finally:
         stream.close()
 
@@ -191,8 +189,8 @@ def _read_segments(plan: _Plan, segs: Iterable[tuple[int, int, int]], short: lis
                     yield s
                 if n >= skip + take:
                     break
-        except ShardIntegrityError as e:
-            reason = str(e)
+        except ShardReadError as e:
+            reason = e.reason
         finally:
             it.close()  # close the stream now (a pipe: process too), not at garbage collection
         got = max(0, n - skip)
@@ -421,8 +419,8 @@ class EvalLoader:
                     if len(xs) == self.batch_size:
                         yield normalize(torch.stack(xs)), torch.tensor(ys, dtype=torch.int64)
                         xs, ys = [], []
-            except ShardIntegrityError as e:
-                reason = str(e)
+            except ShardReadError as e:
+                reason = e.reason
             if reason or n != r.count:
                 raise ShardIntegrityError(ShortRead(r.name, url, n, r.count, max(0, r.count - n), reason).message())
         total = sum(r.count for r in self.records)
