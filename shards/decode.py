@@ -3,7 +3,7 @@
 torchvision.io.decode_jpeg (libjpeg-turbo) is used: it decodes faster than Pillow, and the crops
 that follow are faster on the tensor (bicubic, antialiased) than with PIL's resize(box=...); the
 measurements are in shards/README.md, "Decode and geometric work". Pillow is the fallback for
-non-JPEG bytes (PNG etc.).
+non-JPEG bytes (PNG etc.), through shards/rgb.py so 16-bit grey PNGs are scaled, not clipped.
 """
 from __future__ import annotations
 
@@ -39,8 +39,10 @@ def decode_image(data: bytes) -> Tensor:
     try:
         from PIL import Image
 
+        from .rgb import to_rgb
+
         with Image.open(io.BytesIO(data)) as im:
-            arr = np.array(im.convert("RGB"))
+            arr = np.array(to_rgb(im))
     except Exception as e:
         raise UndecodableImage(f"{type(e).__name__}: {e}") from None
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()

@@ -8,12 +8,18 @@ need, so every rank yields exactly steps_per_epoch(...) full batches, and with
 `samples_per_epoch` <= split size every sample is seen at most once per epoch by the
 whole world (exactly once when the split size is a multiple of world x batch).
 `data.resampled` instead draws shards at random with replacement per slot.
+
+Every shard read is held to its sample count in the manifest, since a truncated or corrupted tar
+(with `verify: false`) otherwise just ends early: the eval loader raises, the train loader counts
+the missing samples in `skipped` and logs the shard once.
 """
 from __future__ import annotations
 
 import bisect
+import logging
 import math
 import random
+import tarfile
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -27,11 +33,12 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from .augment import PHOTOMETRIC_MODES, eval_view, multicrop, normalize, photometric
 from .config import CropConfig, DataConfig
 from .decode import UndecodableImage, decode_image
-from .errors import ShardIntegrityError
+from .errors import ShardIntegrityError, ShardReadError
 from .manifest import Manifest, load_manifest, verify_split
 from .urls import is_remote, open_url
 
 _WARNED: set[tuple] = set()
+log = logging.getLogger(__name__)
 
 
 def manifest_for(data: DataConfig) -> Manifest:
@@ -81,15 +88,31 @@ def iter_shard(url: str, name: str) -> Iterator[dict[str, Any]]:
     try:
         stream = open_url(url)
     except FileNotFoundError:
-        raise ShardIntegrityError(f"shard {name} is missing: {url}") from None
+        raise ShardReadError(name, url, "is missing") from None
     try:
         yield from group_by_keys(tar_file_expander([{"url": url, "stream": stream}]))
-    except (OSError, EOFError, ValueError) as e:
-        if isinstance(e, ShardIntegrityError):
-            raise
-        raise ShardIntegrityError(f"shard {name} at {url} cannot be read: {type(e).__name__}: {e}") from e
+    except (OSError, EOFError, ValueError, tarfile.TarError) as e:
+        detail = str(e.args[0] if e.args else e).split(" @ ")[0]  # webdataset appends " @ <stream>"
+        raise ShardReadError(name, url, f"cannot be read: {type(e).__name__}: {detail}") from e
     finally:
         stream.close()
+
+
+@dataclass
+class ShortRead:
+    """A shard read that disagrees with the manifest's sample count: what was read, why it stopped."""
+
+    shard: str
+    url: str
+    read: int
+    count: int
+    missing: int  # samples the reader wanted from it and did not get
+    reason: str = ""
+
+    def message(self) -> str:
+        why = f" ({self.reason})" if self.reason else ""
+        return (f"shard {self.shard} at {self.url}: read {self.read} samples, the manifest lists {self.count}{why}; "
+                "truncated, corrupted or replaced (verify: true checks sha256 before reading)")
 
 
 @dataclass
@@ -149,17 +172,35 @@ class _Plan:
             p += take
 
 
-def _read_segments(plan: _Plan, segs: Iterable[tuple[int, int, int]]) -> Iterator[dict[str, Any]]:
+def _read_segments(plan: _Plan, segs: Iterable[tuple[int, int, int]], short: list[ShortRead]
+                   ) -> Iterator[dict[str, Any]]:
+    """The samples of each (shard, skip, take) piece. A shard that ends or fails early is noted in
+    `short` and reading goes on; once every shard of the split has come up empty since the last
+    sample, nothing is left to read and it raises instead of looping."""
+    empty: set[int] = set()
     for shard, skip, take in segs:
+        n, reason = 0, ""
         it = iter_shard(plan.urls[shard], plan.names[shard])
         try:
-            for i, s in enumerate(it):
-                if i >= skip + take:
-                    break
-                if i >= skip:
+            for s in it:
+                n += 1
+                if n > skip:
+                    empty.clear()
                     yield s
+                if n >= skip + take:
+                    break
+        except ShardReadError as e:
+            reason = e.reason
         finally:
             it.close()  # close the stream now (a pipe: process too), not at garbage collection
+        got = max(0, n - skip)
+        if got < take:
+            short.append(ShortRead(plan.names[shard], plan.urls[shard], n, plan.counts[shard], take - got, reason))
+        if got == 0:
+            empty.add(shard)
+            if len(empty) == len(plan.urls):
+                raise ShardIntegrityError(f"none of the {len(plan.urls)} shards of the split yields a sample "
+                                          f"any more; last: {short[-1].message()}")
 
 
 def _shuffled(it: Iterable[Any], size: int, rnd: random.Random) -> Iterator[Any]:
@@ -214,7 +255,7 @@ class MultiCropStream(IterableDataset):
         self.plan = plan
         self.photometric_in_loader = photometric_in_loader
 
-    def _raw(self, w: int, rnd: random.Random) -> Iterator[dict[str, Any]]:
+    def _raw(self, w: int, rnd: random.Random, short: list[ShortRead]) -> Iterator[dict[str, Any]]:
         p = self.plan
         slot = p.rank * p.workers + w
         if p.resampled:
@@ -225,12 +266,12 @@ class MultiCropStream(IterableDataset):
                     i = rnd.choices(shards, weights=p.counts)[0]
                     yield i, 0, p.counts[i]
 
-            yield from _shuffled(_read_segments(p, forever()), p.shuffle_buffer, rnd)
+            yield from _shuffled(_read_segments(p, forever(), short), p.shuffle_buffer, rnd)
             return
         start, need = p.slot_start(w), p.slot_batches(w) * p.batch
         # the slot's own range, shuffled; then (only if images were skipped) the positions after it
-        yield from _shuffled(_read_segments(p, p.segments(start, need)), p.shuffle_buffer, rnd)
-        yield from _shuffled(_read_segments(p, p.segments(start + need, None)), p.shuffle_buffer,
+        yield from _shuffled(_read_segments(p, p.segments(start, need), short), p.shuffle_buffer, rnd)
+        yield from _shuffled(_read_segments(p, p.segments(start + need, None), short), p.shuffle_buffer,
                              random.Random(f"{p.seed}:{p.epoch}:{slot}:extra"))
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -252,10 +293,11 @@ class MultiCropStream(IterableDataset):
         g_views: list[list[Tensor]] = [[], []]
         l_views: list[list[Tensor]] = [[] for _ in range(crops.local_crops)]
         labels: list[int] = []
+        short: list[ShortRead] = []  # filled by the reader; reported with the next batch
         skipped = 0
         done = 0
         failed_in_a_row = 0
-        for sample in self._raw(w, rnd):
+        for sample in self._raw(w, rnd, short):
             try:
                 img = decode_image(image_bytes(sample))
             except UndecodableImage:
@@ -274,7 +316,9 @@ class MultiCropStream(IterableDataset):
                 if self.photometric_in_loader:
                     views = photometric(views, crops, gen)
                 yield {"globals": views[:2], "locals": views[2:], "label": torch.tensor(labels, dtype=torch.int64),
-                       "skipped": skipped}
+                       "skipped": skipped + sum(r.missing for r in short),
+                       "short": [(r.shard, r.message()) for r in short]}
+                short.clear()
                 g_views = [[], []]
                 l_views = [[] for _ in range(crops.local_crops)]
                 labels, skipped = [], 0
@@ -286,13 +330,23 @@ class MultiCropStream(IterableDataset):
 
 
 class TrainLoader:
-    """Iterable of exactly `len(self)` multi-crop batches for one rank and epoch."""
+    """Iterable of exactly `len(self)` multi-crop batches for one rank and epoch.
+
+    Short shards met by the loader's workers arrive with the batches ("short"); they are logged
+    here, once per shard and process, rather than by every worker process of every epoch.
+    """
 
     def __init__(self, loader: DataLoader, steps: int, manifest: Manifest) -> None:
         self.loader, self.steps, self.manifest = loader, steps, manifest
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        return iter(self.loader)
+        for batch in self.loader:
+            for shard, message in batch.pop("short"):
+                key = ("short", self.manifest.location(), shard)
+                if key not in _WARNED:
+                    _WARNED.add(key)
+                    log.warning("%s; its missing samples are counted in 'skipped'", message)
+            yield batch
 
     def __len__(self) -> int:
         return self.steps
@@ -327,7 +381,11 @@ def train_loader(data: DataConfig, rank: int, world_size: int, epoch: int) -> Tr
 
 
 class EvalLoader:
-    """Every sample of a split once, in manifest order: (normalised float (B,3,E,E), int64 labels)."""
+    """Every sample of a split once, in manifest order: (normalised float (B,3,E,E), int64 labels).
+
+    A shard holding other than the manifest's count of samples, or a split of which no image
+    decodes, raises ShardIntegrityError: evaluating on part of a split would report a wrong number.
+    """
 
     def __init__(self, data: DataConfig, split: str, batch_size: int, manifest: Manifest) -> None:
         self.data, self.split, self.batch_size, self.manifest = data, split, batch_size, manifest
@@ -344,18 +402,31 @@ class EvalLoader:
         self.skipped = 0
         xs: list[Tensor] = []
         ys: list[int] = []
+        decoded = 0
         for r in self.records:
-            for s in iter_shard(self.manifest.shard_url(r), r.name):
-                try:
-                    img = decode_image(image_bytes(s))
-                except UndecodableImage:
-                    self.skipped += 1
-                    continue
-                xs.append(eval_view(img, self.data.crops))
-                ys.append(_label(s))
-                if len(xs) == self.batch_size:
-                    yield normalize(torch.stack(xs)), torch.tensor(ys, dtype=torch.int64)
-                    xs, ys = [], []
+            url, n, reason = self.manifest.shard_url(r), 0, ""
+            try:
+                for s in iter_shard(url, r.name):
+                    n += 1
+                    try:
+                        img = decode_image(image_bytes(s))
+                    except UndecodableImage:
+                        self.skipped += 1
+                        continue
+                    decoded += 1
+                    xs.append(eval_view(img, self.data.crops))
+                    ys.append(_label(s))
+                    if len(xs) == self.batch_size:
+                        yield normalize(torch.stack(xs)), torch.tensor(ys, dtype=torch.int64)
+                        xs, ys = [], []
+            except ShardReadError as e:
+                reason = e.reason
+            if reason or n != r.count:
+                raise ShardIntegrityError(ShortRead(r.name, url, n, r.count, max(0, r.count - n), reason).message())
+        total = sum(r.count for r in self.records)
+        if decoded == 0 and total:
+            raise ShardIntegrityError(f"split {self.split!r} of {self.manifest.location()}: none of its {total} "
+                                      "images could be decoded")
         if xs:
             yield normalize(torch.stack(xs)), torch.tensor(ys, dtype=torch.int64)
 

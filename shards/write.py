@@ -4,6 +4,8 @@ Each sample is KEY.jpg (the source JPEG bytes, re-encoded only to resize or crop
 KEY.cls (label as ASCII) and KEY.json (source path, class, split, size, extras).
 Shards are written in parallel processes and the run is resumable: finished shards are
 recorded in manifest.partial.json and kept on the next run when their sha256 still matches.
+Ctrl-C or SIGTERM ends the worker processes at once and records every finished shard first.
+An output folder holding another dataset's shards is refused unless `overwrite` is set.
 """
 from __future__ import annotations
 
@@ -14,15 +16,19 @@ import json
 import multiprocessing as mp
 import os
 import random
+import signal
 import sys
 import tarfile
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .carve import carve_validation
-from .errors import DatasetLayoutError
+from .errors import DatasetLayoutError, ShardFolderInUseError
 from .layouts import LAYOUTS, DatasetIndex, Item, index_dataset
 from .manifest import MANIFEST_NAME, PARTIAL_NAME, Manifest, ShardRecord, save_manifest, sha256_file
 
@@ -44,15 +50,20 @@ class ShardJob:
 
 
 def _plan_digest(job: ShardJob) -> str:
-    """Digest of what a shard should contain, so a resumed run never keeps a shard built from other inputs."""
+    """Digest of what a shard should contain, so a resumed run never keeps a shard built from other inputs.
+
+    Each source file counts by size and mtime: an image edited in place keeps its size often enough
+    (same dimensions, uncompressed formats, same-length edits) that size alone would keep a stale shard.
+    """
     h = hashlib.sha256()
     h.update(json.dumps([job.split, job.name, job.max_side, JPEG_QUALITY]).encode())
     for key, it, cname in job.items:
         try:
-            size = it.path.stat().st_size
+            st = it.path.stat()
+            stamp = [st.st_size, st.st_mtime_ns]
         except OSError:
-            size = -1
-        h.update(json.dumps([key, str(it.path), size, it.label, cname, it.crop_bottom, it.extra],
+            stamp = [-1, -1]
+        h.update(json.dumps([key, str(it.path), stamp, it.label, cname, it.crop_bottom, it.extra],
                             sort_keys=True, default=str).encode())
     return h.hexdigest()
 
@@ -64,6 +75,8 @@ def encode_image(item: Item, max_side: int | None) -> tuple[bytes, int, int, flo
     has to change; otherwise it is converted to RGB, banner-cropped / resized, saved as JPEG.
     """
     from PIL import Image
+
+    from .rgb import to_rgb
 
     raw = item.path.read_bytes()
     with Image.open(io.BytesIO(raw)) as im:
@@ -78,7 +91,7 @@ def encode_image(item: Item, max_side: int | None) -> tuple[bytes, int, int, flo
             scale = max_side / min(w, hc)
         if fmt == "JPEG" and im.mode in ("RGB", "L") and not crop and scale == 1.0:
             return raw, w, h, 1.0, False
-        img = im.convert("RGB")
+        img = to_rgb(im)
     if crop:
         img = img.crop((0, 0, w, hc))
     if scale != 1.0:
@@ -152,6 +165,16 @@ def write_shard(job: ShardJob) -> tuple[ShardRecord, list[dict[str, str]]]:
     return rec, skipped
 
 
+def sample_key(split: str, i: int) -> str:
+    """The WebDataset key of the i-th sample of `split`, free of dots.
+
+    WebDataset cuts a member name at its first dot into key and extension, so a dot in the key
+    (an ImageFolder split folder named `val.v2`) would merge a shard's samples into one. The split
+    keeps its name everywhere else (manifest, shard names); keys only need to be unique in a shard.
+    """
+    return f"{split.replace('.', '_')}_{i:07d}"
+
+
 def plan_jobs(index: DatasetIndex, out: Path, shard_size: int, max_side: int | None,
               seed: int, shuffle: bool) -> list[ShardJob]:
     """Cut each split into shards of `shard_size` items, shuffled once (seeded) so shards mix classes."""
@@ -160,7 +183,7 @@ def plan_jobs(index: DatasetIndex, out: Path, shard_size: int, max_side: int | N
         items = list(items)
         if shuffle:
             random.Random(f"{seed}:{split}").shuffle(items)
-        keyed = [(f"{split}_{i:07d}", it, index.classes[it.label]) for i, it in enumerate(items)]
+        keyed = [(sample_key(split, i), it, index.classes[it.label]) for i, it in enumerate(items)]
         for s in range(0, len(keyed), shard_size):
             job = ShardJob(split, f"{split}-{s // shard_size:06d}.tar", out, index.root,
                            keyed[s:s + shard_size], max_side)
@@ -169,18 +192,51 @@ def plan_jobs(index: DatasetIndex, out: Path, shard_size: int, max_side: int | N
     return jobs
 
 
-def _previous_records(out: Path) -> tuple[dict[str, ShardRecord], dict[str, list[dict[str, str]]]]:
-    """Shard records (and their skipped files) from an earlier finished or interrupted run."""
-    recs: dict[str, ShardRecord] = {}
-    skipped: dict[str, list[dict[str, str]]] = {}
+def _earlier_manifests(out: Path) -> list[Manifest]:
+    """The manifests an earlier finished (manifest.json) or interrupted (partial) run left in `out`."""
+    found = []
     for name in (MANIFEST_NAME, PARTIAL_NAME):
         p = out / name
         if not p.is_file():
             continue
         try:
-            m = Manifest.from_dict(json.loads(p.read_text()))
+            found.append(Manifest.from_dict(json.loads(p.read_text())))
         except Exception:
             continue  # a damaged record file only costs a rewrite
+    return found
+
+
+def _same_folder(recorded: str, root: Path) -> bool:
+    """Whether a manifest's `source` names `root` (older manifests may hold a relative path)."""
+    return recorded == str(root) or Path(recorded).expanduser().resolve() == root.resolve()
+
+
+def _claim_folder(out: Path, index: DatasetIndex, overwrite: bool) -> None:
+    """Refuse `out` when it holds another dataset's shards (a manifest naming another dataset, layout or
+    source), unless `overwrite`; with `overwrite`, delete the shards its manifests list and the manifests.
+    The same dataset again is a resume and passes untouched."""
+    earlier = _earlier_manifests(out)
+    if overwrite:
+        for m in earlier:
+            for r in (r for rs in m.splits.values() for r in rs):
+                if Path(r.name).name == r.name:  # a file of `out` itself, never a path leading elsewhere
+                    (out / r.name).unlink(missing_ok=True)
+        for name in (MANIFEST_NAME, PARTIAL_NAME):
+            (out / name).unlink(missing_ok=True)
+        return
+    for m in earlier:
+        if (m.dataset, m.layout) != (index.name, index.layout) or not _same_folder(m.source, index.root):
+            raise ShardFolderInUseError(
+                f"{out} holds the shards of dataset {m.dataset!r} ({m.layout} from {m.source}), not of "
+                f"{index.name!r} ({index.layout} from {index.root}): pass --overwrite to replace them, "
+                "or choose another --out")
+
+
+def _previous_records(out: Path) -> tuple[dict[str, ShardRecord], dict[str, list[dict[str, str]]]]:
+    """Shard records (and their skipped files) from an earlier finished or interrupted run."""
+    recs: dict[str, ShardRecord] = {}
+    skipped: dict[str, list[dict[str, str]]] = {}
+    for m in _earlier_manifests(out):
         for r in (r for rs in m.splits.values() for r in rs):
             recs[r.name] = r
         for s in m.skipped:
@@ -207,20 +263,103 @@ def _manifest(index: DatasetIndex, jobs: list[ShardJob], done: dict[str, ShardRe
                     source=str(index.root), options=options, skipped=skipped)
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived while shards were being written (the writer's SIGINT is KeyboardInterrupt)."""
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While shards are written, SIGTERM raises Terminated, so the writer ends its workers and records
+    its finished shards instead of dying with its workers orphaned. Only where Python can install a
+    handler (the main thread) and nothing else handles SIGTERM already."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def raise_terminated(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold a second Ctrl-C / SIGTERM until the clean-up after the first is done; it is delivered after."""
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _ignore_sigint() -> None:
+    """Worker initializer: Ctrl-C in a terminal reaches the whole process group; the main process
+    alone decides, and ends the workers itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+Finish = Callable[[ShardJob, ShardRecord, list[dict[str, str]]], None]
+
+
+def _write_in_processes(todo: list[ShardJob], workers: int, finish: Finish) -> None:
+    """Write `todo` in `workers` spawned processes, calling `finish` as each shard completes.
+
+    On any exception (Ctrl-C, SIGTERM, a failing shard) the workers are ended at once -- the
+    executor's own shutdown would first run every queued shard -- and every shard that did
+    complete is still passed to `finish` before the exception goes on.
+    """
+    before = set(mp.active_children())
+    ex = ProcessPoolExecutor(min(workers, len(todo)), mp_context=mp.get_context("spawn"), initializer=_ignore_sigint)
+    futures: dict[Future, ShardJob] = {}
+    try:
+        for j in todo:
+            futures[ex.submit(write_shard, j)] = j
+        for fut in as_completed(futures):
+            finish(futures[fut], *fut.result())
+    except BaseException:
+        with _signals_held():
+            ours = set(mp.active_children()) - before  # the pool's workers (spawned, never anyone else's)
+            for proc in ours:
+                proc.terminate()
+            for proc in ours:
+                proc.join(5)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join()
+            ex.shutdown(wait=True, cancel_futures=True)
+            for fut, j in futures.items():
+                if fut.done() and not fut.cancelled() and fut.exception() is None:
+                    finish(j, *fut.result())
+        raise
+    ex.shutdown()
+
+
 def write_dataset(layout: str, root: Path, out: Path, shard_size: int = 1000, max_side: int | None = None,
                   workers: int = 1, *, seed: int = 0, shuffle: bool = True, progress: bool = True,
-                  val_fraction: float = 0.1, **layout_opts: Any) -> Path:
+                  val_fraction: float = 0.1, overwrite: bool = False, **layout_opts: Any) -> Path:
     """Write `root` (in `layout`) as shards into `out`; returns the manifest path. Resumes earlier runs.
 
     A dataset without a val split gets one carved from train (`val_fraction`, stratified, seeded by
-    `seed`; shards/carve.py), so studies never select on test data.
+    `seed`; shards/carve.py), so studies never select on test data. An `out` holding another
+    dataset's shards raises ShardFolderInUseError unless `overwrite` (which deletes them first).
+    Interrupted (KeyboardInterrupt, or Terminated on SIGTERM), it records every finished shard in
+    manifest.partial.json before the exception goes on.
     """
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     if max_side is not None and max_side < 8:
         raise ValueError(f"max_side must be >= 8 px, got {max_side}")
-    root, out = Path(root).expanduser(), Path(out).expanduser()
+    root, out = Path(root).expanduser().absolute(), Path(out).expanduser()
     index = carve_validation(index_dataset(layout, root, **layout_opts), val_fraction, seed)
+    _claim_folder(out, index, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("*.tar.tmp"):
         stale.unlink()
@@ -240,30 +379,41 @@ def write_dataset(layout: str, root: Path, out: Path, shard_size: int = 1000, ma
     kept = len(done)
     total = sum(len(j.items) for j in jobs)
 
+    def record() -> None:
+        save_manifest(_manifest(index, jobs, done, skipped, options), out / PARTIAL_NAME)
+
+    if todo:  # shards are about to change: the folder's state is the partial manifest until the end
+        record()
+        (out / MANIFEST_NAME).unlink(missing_ok=True)
+
     from tqdm import tqdm
 
     bar = tqdm(total=total, initial=sum(len(j.items) for j in jobs if j.name in done), unit="img",
                desc=f"{index.name} -> {out}", disable=not progress, file=sys.stderr)
 
     def finish(job: ShardJob, rec: ShardRecord, sk: list[dict[str, str]]) -> None:
+        if job.name in done:
+            return
         done[job.name] = rec
         skipped.extend(sk)
-        save_manifest(_manifest(index, jobs, done, skipped, options), out / PARTIAL_NAME)
+        record()
         bar.update(len(job.items))
 
-    try:
-        if workers <= 1 or len(todo) <= 1:
-            for j in todo:
-                finish(j, *write_shard(j))
-        else:
-            with ProcessPoolExecutor(min(workers, len(todo)), mp_context=mp.get_context("spawn")) as ex:
-                pending: dict[Future, ShardJob] = {ex.submit(write_shard, j): j for j in todo}
-                while pending:
-                    fin, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in fin:
-                        finish(pending.pop(fut), *fut.result())
-    finally:
-        bar.close()
+    with _sigterm_raises():  # around the clean-up too: a second SIGTERM held there still raises after it
+        try:
+            if workers <= 1 or len(todo) <= 1:
+                for j in todo:
+                    finish(j, *write_shard(j))
+            else:
+                _write_in_processes(todo, workers, finish)
+        except BaseException:
+            with _signals_held():  # what is finished stays recorded; half-written shards go
+                record()
+                for stale in out.glob("*.tar.tmp"):
+                    stale.unlink(missing_ok=True)
+            raise
+        finally:
+            bar.close()
     manifest = _manifest(index, jobs, done, skipped, options)
     path = out / MANIFEST_NAME
     save_manifest(manifest, path)
@@ -271,6 +421,15 @@ def write_dataset(layout: str, root: Path, out: Path, shard_size: int = 1000, ma
     if progress:
         print(summary(manifest, kept=kept), file=sys.stderr)
     return path
+
+
+def recorded_shards(out: Path) -> int:
+    """Finished shards an interrupted run recorded in `out`'s partial manifest (0 when none)."""
+    try:
+        m = Manifest.from_dict(json.loads((Path(out).expanduser() / PARTIAL_NAME).read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+    return sum(len(rs) for rs in m.splits.values())
 
 
 def summary(m: Manifest, kept: int = 0) -> str:
@@ -309,6 +468,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="aircraft: label granularity (default variant, 100 classes)")
     p.add_argument("--aircraft-trainval", action="store_true",
                    help="aircraft: also write the official trainval split")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace what --out holds even when its manifest names another dataset, layout or "
+                        "source (its listed shards are deleted first); without it such a folder is refused, "
+                        "and the same dataset again resumes")
     p.add_argument("--quiet", action="store_true",
                    help="print nothing but errors (no progress bar, summary or manifest path)")
     return p
@@ -329,14 +492,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = write_dataset(args.layout, args.root, args.out, args.shard_size, args.max_side, args.workers,
                              seed=args.seed, shuffle=not args.no_shuffle, progress=not args.quiet,
-                             val_fraction=args.val_fraction, **layout_options(args))
+                             val_fraction=args.val_fraction, overwrite=args.overwrite, **layout_options(args))
     except (DatasetLayoutError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"interrupted: finished shards are recorded in {args.out / PARTIAL_NAME}; "
-              "run the same command again to resume", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as e:
+        for held in (signal.SIGINT, signal.SIGTERM):  # stopping already: a repeated signal changes nothing
+            signal.signal(held, signal.SIG_IGN)
+        sig = signal.SIGINT if isinstance(e, KeyboardInterrupt) else signal.SIGTERM
+        print(f"stopped by {sig.name}: {recorded_shards(args.out)} finished shards are recorded in "
+              f"{args.out / PARTIAL_NAME}; run the same command again to resume", file=sys.stderr)
+        return 128 + sig
     if not args.quiet:
         print(path)
     return 0

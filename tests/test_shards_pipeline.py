@@ -237,3 +237,98 @@ def test_checksums_read_once_per_process_not_every_epoch(tmp_path, tiny_shards):
         train_loader(_cfg(d), 0, 1, 1)
     with pytest.raises(ShardIntegrityError, match="train-000001.tar.*sha256"):  # a new URL: hashed on first use
         train_loader(_cfg(f"pipe:cat {d}/{{}}"), 0, 1, 0)
+
+
+def _tar_with_18_samples_and_a_good_one(d):
+    """train-000000.tar: 18 samples (labels 0/1), train-000001.tar: 6; both listed in a manifest."""
+    samples = [(f"s{i:03d}", jpeg_bytes(24, 20, seed=i), i % 2) for i in range(24)]
+    recs = [write_tar_shard(d / "train-000000.tar", samples[:18]),
+            write_tar_shard(d / "train-000001.tar", samples[18:])]
+    manifest_from_tars(d, {"train": recs, "val": recs}, ["even", "odd"])
+    return d / "train-000000.tar"
+
+
+def _member_offset(path, name: str) -> int:
+    import tarfile
+
+    with tarfile.open(path) as tf:
+        return tf.getmember(name).offset
+
+
+def _corrupt_header(path) -> None:
+    """Same size, one header's checksum broken (at s013.cls): tarfile ends the archive there, quietly."""
+    data = bytearray(path.read_bytes())
+    data[_member_offset(path, "s013.cls") + 148] ^= 0x11
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path) -> None:
+    """Cut inside s013.jpg's data: tarfile raises 'unexpected end of data' after 13 whole samples."""
+    data = path.read_bytes()
+    path.write_bytes(data[:_member_offset(path, "s013.jpg") + 512 + 100])
+
+
+@pytest.mark.parametrize("damage", ["header", "truncated"])
+def test_eval_loader_raises_on_a_short_shard_naming_it_and_the_counts(tmp_path, damage):
+    """verify: false (remote shards) reads a damaged tar as far as it goes; eval must not score part
+    of a split. A truncated shard is read through pipe: (a local one fails its size check first)."""
+    shard = _tar_with_18_samples_and_a_good_one(tmp_path)
+    (_corrupt_header if damage == "header" else _truncate)(shard)
+    loc = tmp_path if damage == "header" else f"pipe:cat {tmp_path}/{{}}"
+    ev = eval_loader(_cfg(loc, verify=False), "val", batch_size=4)
+    with pytest.raises(ShardIntegrityError, match=r"train-000000.tar.*read 13 samples, the manifest lists 18"):
+        list(ev)
+
+
+@pytest.mark.parametrize("damage,workers", [("header", 0), ("truncated", 1)])
+def test_train_loader_counts_a_short_shard_as_skipped_and_logs_it_once(tmp_path, caplog, damage, workers):
+    shard = _tar_with_18_samples_and_a_good_one(tmp_path)
+    (_corrupt_header if damage == "header" else _truncate)(shard)
+    loc = tmp_path if damage == "header" else f"pipe:cat {tmp_path}/{{}}"
+    cfg = _cfg(loc, verify=False, num_workers=workers)  # 24 samples, batch 4: 6 steps
+    with caplog.at_level("WARNING", logger="shards.pipeline"):
+        for epoch in (0, 1):
+            batches = list(train_loader(cfg, 0, 1, epoch))
+            assert len(batches) == 6 and all(len(b["label"]) == 4 for b in batches)
+            assert sum(b["skipped"] for b in batches) == 18 - 13  # every epoch reads the whole split once
+            assert all(set(b) == {"globals", "locals", "label", "skipped"} for b in batches)
+    [record] = [r for r in caplog.records if r.name == "shards.pipeline"]
+    assert "train-000000.tar" in record.message and "read 13 samples, the manifest lists 18" in record.message
+
+
+def test_a_split_whose_shards_all_read_empty_fails_instead_of_looping(tmp_path):
+    shard = _tar_with_18_samples_and_a_good_one(tmp_path)
+    for path in (shard, tmp_path / "train-000001.tar"):
+        path.write_bytes(b"\0" * path.stat().st_size)  # same size: a zeroed tar reads as empty
+    with pytest.raises(ShardIntegrityError, match="none of the 2 shards"):
+        list(train_loader(_cfg(tmp_path, verify=False), 0, 1, 0))
+
+
+def test_eval_loader_raises_when_a_split_yields_no_sample(tmp_path):
+    """Keys with a dot (another writer, a split named val.v2) merge a shard's samples into one with no
+    image: the eval must fail naming the shard, not yield 0 batches."""
+    samples = [(f"val.v2_{i:07d}", jpeg_bytes(24, 20, seed=i), 0) for i in range(5)]
+    rec = write_tar_shard(tmp_path / "val.v2-000000.tar", samples)
+    manifest_from_tars(tmp_path, {"val.v2": [rec]}, ["a"])
+    with pytest.raises(ShardIntegrityError, match=r"val.v2-000000.tar.*read 1 samples, the manifest lists 5"):
+        list(eval_loader(_cfg(tmp_path), "val.v2"))
+    undecodable = write_tar_shard(tmp_path / "bad-000000.tar", [(f"s{i}", b"\xff\xd8garbage", 0) for i in range(3)])
+    manifest_from_tars(tmp_path, {"bad": [undecodable]}, ["a"])
+    with pytest.raises(ShardIntegrityError, match="'bad'.*none of its 3 images"):
+        list(eval_loader(_cfg(tmp_path), "bad"))
+
+
+def test_16_bit_png_in_a_shard_decodes_to_its_8_bit_values(tmp_path):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from shards.decode import decode_image
+
+    eight = (np.arange(20 * 24).reshape(20, 24) % 200 + 30).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(eight * 257).save(buf, "PNG")  # 16-bit grey: v * 257 >> 8 == v
+    img = decode_image(buf.getvalue())
+    assert img.dtype == torch.uint8 and img.shape == (3, 20, 24)
+    assert torch.equal(img[0], torch.from_numpy(eight.astype(np.uint8))) and torch.equal(img[0], img[2])

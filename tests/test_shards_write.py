@@ -1,18 +1,27 @@
-"""Writing shards: ImageFolder round trip, manifest, skipped images, errors, resume, parallel."""
+"""Writing shards: ImageFolder round trip, manifest, skipped images, errors, resume, parallel,
+another dataset's folder, Ctrl-C / SIGTERM, 16-bit PNGs, dotted split names, images edited in place."""
 from __future__ import annotations
 
+import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
+import numpy as np
+import psutil
 import pytest
 from PIL import Image
 
 from shards.errors import DatasetLayoutError, ManifestError, ShardIntegrityError
-from shards.manifest import PARTIAL_NAME, load_manifest, verify_split
-from shards.write import main, write_dataset
+from shards.manifest import MANIFEST_NAME, PARTIAL_NAME, Manifest, load_manifest, sha256_file, verify_split
+from shards.write import main, recorded_shards, write_dataset
 from tests.shard_fixtures import make_imagefolder, read_all, write_jpeg
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_imagefolder_round_trip(tmp_path):
@@ -141,3 +150,146 @@ def test_parallel_write_is_identical(tmp_path):
     write_dataset("imagefolder", root, tmp_path / "two", shard_size=4, workers=2, progress=False)
     a, b = load_manifest(tmp_path / "one"), load_manifest(tmp_path / "two")
     assert [r.sha256 for r in a.shards("train")] == [r.sha256 for r in b.shards("train")]
+
+
+def test_a_folder_holding_another_dataset_is_refused_unless_overwrite(tmp_path, capsys, monkeypatch):
+    a = make_imagefolder(tmp_path / "a", {"train": {"x": 3, "y": 3}})
+    b = make_imagefolder(tmp_path / "b", {"train": {"u": 2, "v": 2}})
+    out = tmp_path / "sh"
+    common = ["--out", str(out), "--shard-size", "2", "--workers", "1", "--val-fraction", "0", "--quiet"]
+    assert main(["imagefolder", "--root", str(a), *common]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main(["imagefolder", "--root", str(b), *common]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'a'" in err and "'b'" in err and "--overwrite" in err, err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing touched
+    # the same dataset again resumes; so does a relative path to the same root
+    assert main(["imagefolder", "--root", str(a), *common]) == 0
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    monkeypatch.chdir(tmp_path)
+    assert main(["imagefolder", "--root", "a", *common]) == 0
+    # an interrupted write of another dataset counts as well
+    (out / MANIFEST_NAME).rename(out / PARTIAL_NAME)
+    assert main(["imagefolder", "--root", str(b), "--name", "other", *common]) == 2
+    assert "'other'" in capsys.readouterr().err
+    assert main(["imagefolder", "--root", str(b), *common, "--overwrite"]) == 0
+    m = load_manifest(out)
+    assert m.dataset == "b" and m.classes == ["u", "v"] and m.source == str(b)
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "train-000000.tar", "train-000001.tar"]
+    assert "--overwrite" in subprocess.run([sys.executable, "-m", "shards.write", "--help"], capture_output=True,
+                                           text=True, cwd=ROOT).stdout
+
+
+def _many_images(root: Path, n: int) -> Path:
+    """ROOT/train/<4 classes>/: n images, hard links to 8 real JPEGs (quick to make, each still decoded)."""
+    sources = [write_jpeg(root.parent / "sources" / f"{i}.jpg", 32, 32, seed=i) for i in range(8)]
+    for i in range(n):
+        d = root / "train" / f"c{i % 4}"
+        d.mkdir(parents=True, exist_ok=True)
+        os.link(sources[i % 8], d / f"{i:05d}.jpg")
+    return root
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_the_write_and_keeps_its_finished_shards(tmp_path, capsys, sig):
+    """SIGINT as a terminal's Ctrl-C sends it (the whole process group), SIGTERM to the main process
+    only: the writer ends its workers, records what finished, says how to resume, exits 128 + signal."""
+    root = _many_images(tmp_path / "img", 800)  # 200 shards: still running when the first is recorded
+    out = tmp_path / "sh"
+    argv = ["imagefolder", "--root", str(root), "--out", str(out), "--shard-size", "4", "--workers", "2",
+            "--val-fraction", "0"]
+    with open(tmp_path / "stderr.txt", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "shards.write", *argv], stdout=subprocess.DEVNULL,
+                                stderr=err, cwd=ROOT, start_new_session=True)
+    try:
+        while recorded_shards(out) < 1:
+            assert proc.poll() is None, "the write ended before a signal could be sent"
+            time.sleep(0.02)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        if sig == signal.SIGINT:
+            os.killpg(proc.pid, sig)
+        else:
+            os.kill(proc.pid, sig)
+        rc = proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, alive
+    assert rc == 128 + sig
+    last = (tmp_path / "stderr.txt").read_text().strip().splitlines()[-1]
+    assert last.startswith(f"stopped by {sig.name}: ") and "run the same command again to resume" in last, last
+    recs = [r for rs in Manifest.from_dict(json.loads((out / PARTIAL_NAME).read_text())).splits.values() for r in rs]
+    assert recs and f"{len(recs)} finished shards" in last
+    for r in recs:
+        assert sha256_file(out / r.name) == r.sha256 and r.count == 4
+    # the queue was not run out: at most one unrecorded shard per worker (finished as it was ended)
+    unrecorded = {p.name for p in out.glob("*.tar")} - {r.name for r in recs}
+    assert len(unrecorded) <= 2 and not list(out.glob("*.tmp")) and not (out / MANIFEST_NAME).exists()
+    stamps = {r.name: (out / r.name).stat() for r in recs}
+    assert main(argv) == 0
+    assert f"{len(recs)} shards kept from an earlier run" in capsys.readouterr().err
+    for name, st in stamps.items():
+        now = (out / name).stat()
+        assert (now.st_ino, now.st_mtime_ns) == (st.st_ino, st.st_mtime_ns), name
+    assert load_manifest(out).split_size("train") == 800
+
+
+def test_16_bit_png_is_scaled_to_8_bits_not_clipped(tmp_path):
+    """Pillow's convert("RGB") clips 16-bit grey at 255 (a white image); the writer keeps the top byte."""
+    eight = (np.arange(48 * 64).reshape(48, 64) % 200 + 30).astype(np.uint16)  # mean 129.0
+    sixteen = eight * 257  # v * 257 >> 8 == v
+    root = tmp_path / "img"
+    (root / "train" / "grey").mkdir(parents=True)
+    Image.fromarray(sixteen).save(root / "train" / "grey" / "png16.png")
+    pgm = root / "train" / "grey" / "pgm16.pgm"  # big-endian 16-bit grey: Pillow mode I
+    pgm.write_bytes(b"P5 64 48 65535\n" + sixteen.astype(">u2").tobytes())
+    assert {Image.open(p).mode for p in (root / "train" / "grey").iterdir()} == {"I;16", "I"}
+    out = tmp_path / "sh"
+    write_dataset("imagefolder", root, out, progress=False, val_fraction=0)
+    rows = read_all(out)["train"]
+    assert len(rows) == 2
+    for r in rows:
+        assert json.loads(r["json"])["reencoded"]
+        stored = np.asarray(Image.open(io.BytesIO(r["jpg"])).convert("L"), dtype=np.float64)
+        assert abs(stored.mean() - eight.mean()) < 1.5 and np.abs(stored - eight).mean() < 3
+
+
+def test_dotted_split_folder_keeps_its_samples_apart(tmp_path):
+    """WebDataset cuts keys at the first dot: a split named val.v2 must not merge its samples."""
+    from shards.config import DataConfig
+    from shards.pipeline import eval_loader, iter_shard
+
+    root = make_imagefolder(tmp_path / "img", {"train": {"a": 2, "b": 2}, "val.v2": {"a": 3, "b": 2}})
+    out = tmp_path / "sh"
+    write_dataset("imagefolder", root, out, shard_size=10, progress=False)
+    m = load_manifest(out)
+    assert m.split_size("val.v2") == 5 and m.shards("val.v2")[0].name == "val.v2-000000.tar"
+    samples = list(iter_shard(str(out / "val.v2-000000.tar"), "val.v2-000000.tar"))
+    assert len(samples) == 5 and all("." not in s["__key__"] and "jpg" in s for s in samples)
+    from tests.shard_fixtures import small_crops
+
+    ys = [int(y) for _, yb in eval_loader(DataConfig(shards=str(out), crops=small_crops()), "val.v2") for y in yb]
+    assert sorted(ys) == [0, 0, 0, 1, 1]
+
+
+def test_an_image_edited_in_place_with_the_same_size_is_rewritten(tmp_path):
+    """The resume check knows a source file by size and mtime: new pixels in the same bytes count."""
+    root = tmp_path / "img"
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        (root / "train" / "a").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / "train" / "a" / f"{i}.bmp")
+    out = tmp_path / "sh"
+    write_dataset("imagefolder", root, out, shard_size=2, progress=False, val_fraction=0)
+    edited = root / "train" / "a" / "2.bmp"
+    size, mtime = edited.stat().st_size, edited.stat().st_mtime_ns
+    Image.new("RGB", (16, 16), (250, 10, 10)).save(edited)
+    os.utime(edited, ns=(mtime + 10**9, mtime + 10**9))  # a clock tick later, whatever the file system's grain
+    assert edited.stat().st_size == size
+    write_dataset("imagefolder", root, out, shard_size=2, progress=False, val_fraction=0)
+    [row] = [r for r in read_all(out)["train"] if json.loads(r["json"])["path"] == "train/a/2.bmp"]
+    red = np.asarray(Image.open(io.BytesIO(row["jpg"])), dtype=np.float64).mean((0, 1))
+    assert red[0] > 200 and red[1] < 50, red
+    verify_split(load_manifest(out), "train")
