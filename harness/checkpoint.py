@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 import torch
 
-from harness.config import ConfigError
+from harness.config import ConfigError, shown
 
 if TYPE_CHECKING:
     import ray.train
@@ -75,7 +75,7 @@ def model_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[st
     for key in sorted(set(a) | set(b)):
         if key.startswith(_MODEL_KEYS) and not key.startswith(_IGNORED_MODEL_KEYS):
             if a.get(key) != b.get(key):
-                diffs.append(f"{key}: checkpoint {a.get(key)!r} vs config {b.get(key)!r}")
+                diffs.append(f"{key}: checkpoint {shown(a.get(key))} vs config {shown(b.get(key))}")
     return diffs
 
 
