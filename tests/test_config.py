@@ -365,3 +365,17 @@ def test_an_item_override_sets_that_item_only():
     cfg = load_config(DEMO, ["data.crops.local_scale.1=0.35", "eval.knn_k.3=5", "model.backbone_kwargs.depth=2"])
     assert cfg.data.crops.local_scale == (0.1, 0.35) and cfg.eval.knn_k == (10, 20, 100, 5)
     assert cfg.model.backbone_kwargs == {"patch_size": 8, "img_size": 48, "depth": 2, "embed_dim": 96, "num_heads": 3}
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_tune_refuses_fewer_than_one_sample(value, capsys, no_ray):
+    args = ["--space", DEMO, "--no-baseline", "--num-samples", value, "data.demo=false", "data.shards=/no/such/dir"]
+    assert tune.main(args) == 2
+    assert one_error_line(capsys) == f"error: command line: '--num-samples' must be >= 1, got {value}"
+
+
+def test_tune_applies_the_number_of_samples_given(demo_shards, tmp_path, capsys, no_ray):
+    with pytest.raises(RuntimeError, match="got as far as starting Ray"):  # every check before Ray passed
+        tune.main(["--space", DEMO, "--no-baseline", "--num-samples", "1", "--storage", str(tmp_path),
+                   "data.demo=false", f"data.shards={demo_shards}"])
+    assert "[study] demo: 1 trials x <= 9 epochs" in capsys.readouterr().out
