@@ -150,12 +150,27 @@ def damage(folder: str | Path) -> str | None:
     return None
 
 
-def load_checkpoint(folder: str | Path, config: dict[str, Any]) -> dict[str, Any]:
-    """The state saved in `folder`, refused if damaged or made for a different model config."""
+def read_state(folder: str | Path) -> dict[str, Any]:
+    """The state saved in checkpoint `folder`, once its state.pt is what its commit.json
+    records: the one reader of run checkpoints (a resume, `harness.evaluate`, `harness.final`,
+    the benchmarks). A missing, uncommitted, damaged or unreadable one is a
+    DamagedCheckpointError, one line naming the folder and what is wrong."""
     problem = damage(folder)
     if problem:
         raise DamagedCheckpointError(folder, problem)
-    state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception as exc:  # committed, yet not a state this torch reads with weights_only
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DamagedCheckpointError(folder, f"{STATE_FILE} cannot be read: {first}") from None
+    if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
+        raise DamagedCheckpointError(folder, f"{STATE_FILE} is not a run checkpoint (no 'config' in it)")
+    return state
+
+
+def load_checkpoint(folder: str | Path, config: dict[str, Any]) -> dict[str, Any]:
+    """The state saved in `folder`, refused if damaged or made for a different model config."""
+    state = read_state(folder)
     diffs = model_differences(state["config"], config)
     if diffs:
         raise ConfigError(f"checkpoint {folder} was made for a different model config: " + "; ".join(diffs))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import replace
+from pathlib import Path
 
 from harness.config import ConfigError, TrainConfig
 from shards.demo import ensure_demo_shards
@@ -40,6 +41,7 @@ def check_init_checkpoint(location: str, source: str) -> str:
     """The init checkpoint as every worker will read it: a local path made absolute, or a
     bucket URI (s3://, gs://) checked through pyarrow.fs from the driver."""
     from cmd_model.init_checkpoint import checkpoint_exists
+    from harness.checkpoint import COMMIT_FILE, STATE_FILE, damage
 
     if not is_remote(location):
         location = str(local_path(location).resolve())
@@ -49,6 +51,11 @@ def check_init_checkpoint(location: str, source: str) -> str:
         raise ConfigError(f"{source}: 'model.init_checkpoint' = {location}: {exc}".splitlines()[0]) from None
     if not found:
         raise ConfigError(f"{source}: 'model.init_checkpoint' = {location}: no such file")
+    folder = Path(location).parent
+    if not is_remote(location) and Path(location).name == STATE_FILE and (folder / COMMIT_FILE).exists():
+        problem = damage(folder)  # a run's checkpoint: as committed, as a resume would require
+        if problem:
+            raise ConfigError(f"{source}: 'model.init_checkpoint' = {location}: {problem}")
     return location
 
 
