@@ -66,6 +66,7 @@ def evaluate_checkpoint(checkpoint: str, overrides: list[str] | None = None, dat
     from cmd_model.knn import knn_top1
     from cmd_model.probe import paper_probe
     from harness.backbone_eval import score_features, split_features
+    from harness.preflight import check_shards
 
     state, cfg, path = read_run_state(checkpoint)
     changes = parse_overrides(overrides or [])
@@ -75,6 +76,7 @@ def evaluate_checkpoint(checkpoint: str, overrides: list[str] | None = None, dat
     if data:
         changes["data.shards"] = data
     cfg = build_config(to_dict(cfg), changes, source=f"{path} (saved config + overrides)")
+    check_shards(cfg.data, f"{path} (saved config + overrides)")
     ev = cfg.eval
     features = split_features(load_teacher_backbone(state, cfg, device), cfg.data, ev, device)
     out = score_features(features, ev, seed=cfg.run.seed)

@@ -25,7 +25,7 @@ from harness.cli_errors import exit_on_user_error  # noqa: E402
 from harness.config import coerce, parse_overrides, to_dict  # noqa: E402
 from harness.job_paths import keep_out_of_job_copy, outside_job_copy  # noqa: E402
 from harness.objective import rung_epochs  # noqa: E402
-from harness.preflight import is_remote, prepare_paths  # noqa: E402
+from harness.preflight import check_writable, is_remote, prepare_paths  # noqa: E402
 from harness.ray_session import choose_address  # noqa: E402
 from harness.study_file import SearchSettings, Study, load_study  # noqa: E402
 
@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     study.base = prepare_paths(study.base, args.space)
     study.base_dict = to_dict(study.base)
     uri, folder = study_location(study, args)
+    check_writable(str(folder), "the study folder", args.space)
     print(f"[study] {study.name}: {study.search.num_samples} trials x <= {study.scheduler.max_t} epochs, "
           f"{len(study.space)} parameters, {study.search.max_concurrent} at once; folder {uri}",
           flush=True)
