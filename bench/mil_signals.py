@@ -17,7 +17,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-import torch
+from harness.checkpoint import read_state
 
 SIGNALS = ("teacher_entropy", "prototypes_used", "loss_image", "loss_mil_student", "probe_top1", "knn_top1")
 
@@ -27,7 +27,7 @@ def newest_history(run: Path) -> tuple[dict, list[dict[str, float]]] | None:
     checkpoints = sorted(run.glob("checkpoint_*/state.pt"))
     if not checkpoints:
         return None
-    state = torch.load(checkpoints[-1], weights_only=True)
+    state = read_state(checkpoints[-1].parent)
     return state["config"], state["history"]
 
 

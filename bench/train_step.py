@@ -46,6 +46,7 @@ if str(ROOT) not in sys.path:  # run as a script: make the repo root importable
 import torch  # noqa: E402
 
 from cmd_model.engine import CMDEngine  # noqa: E402
+from harness.checkpoint import read_state  # noqa: E402
 from harness.config import TrainConfig, build_config, load_config, to_dict  # noqa: E402
 from shards.augment import to_model_input  # noqa: E402
 from shards.pipeline import train_loader  # noqa: E402
@@ -147,7 +148,7 @@ def harness_run(cfg: TrainConfig, name: str) -> dict[str, float]:
     t = time.perf_counter()
     metrics = run(cfg, name)
     wall = time.perf_counter() - t
-    state = torch.load(Path(metrics["checkpoint_path"]) / "state.pt", weights_only=True)
+    state = read_state(metrics["checkpoint_path"])
     steady = [h for h in state["history"] if h["epoch"] >= 2] or state["history"]
     mean = lambda key: statistics.fmean(h[key] for h in steady)  # noqa: E731
     return {"images_per_s": mean("images_per_s"), "step_time": mean("step_time"),

@@ -41,7 +41,7 @@ def is_uri(location: str) -> bool:
     return "://" in location
 
 
-def _filesystem(location: str) -> tuple[Any, str]:
+def bucket_filesystem(location: str) -> tuple[Any, str]:
     """(pyarrow filesystem, path) for a URI. GCS gets a retry limit: without one, a machine that
     cannot reach Google retries for minutes before saying so."""
     import pyarrow.fs
@@ -60,7 +60,7 @@ def checkpoint_exists(location: str) -> bool:
         return Path(location).expanduser().is_file()
     import pyarrow.fs
 
-    fs, path = _filesystem(location)
+    fs, path = bucket_filesystem(location)
     return fs.get_file_info(path).type == pyarrow.fs.FileType.File
 
 
@@ -69,7 +69,7 @@ def read_checkpoint(location: str) -> Any:
     weights_only=True; the official 'args' (an argparse.Namespace) is allowed as well."""
     try:
         if is_uri(location):
-            fs, path = _filesystem(location)
+            fs, path = bucket_filesystem(location)
             with fs.open_input_stream(path) as f:
                 source: Any = io.BytesIO(f.read())
         else:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 import torch
 
-from harness.config import ConfigError
+from harness.config import ConfigError, shown
 
 if TYPE_CHECKING:
     import ray.train
@@ -75,7 +75,7 @@ def model_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[st
     for key in sorted(set(a) | set(b)):
         if key.startswith(_MODEL_KEYS) and not key.startswith(_IGNORED_MODEL_KEYS):
             if a.get(key) != b.get(key):
-                diffs.append(f"{key}: checkpoint {a.get(key)!r} vs config {b.get(key)!r}")
+                diffs.append(f"{key}: checkpoint {shown(a.get(key))} vs config {shown(b.get(key))}")
     return diffs
 
 
@@ -150,12 +150,27 @@ def damage(folder: str | Path) -> str | None:
     return None
 
 
-def load_checkpoint(folder: str | Path, config: dict[str, Any]) -> dict[str, Any]:
-    """The state saved in `folder`, refused if damaged or made for a different model config."""
+def read_state(folder: str | Path) -> dict[str, Any]:
+    """The state saved in checkpoint `folder`, once its state.pt is what its commit.json
+    records: the one reader of run checkpoints (a resume, `harness.evaluate`, `harness.final`,
+    the benchmarks). A missing, uncommitted, damaged or unreadable one is a
+    DamagedCheckpointError, one line naming the folder and what is wrong."""
     problem = damage(folder)
     if problem:
         raise DamagedCheckpointError(folder, problem)
-    state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception as exc:  # committed, yet not a state this torch reads with weights_only
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DamagedCheckpointError(folder, f"{STATE_FILE} cannot be read: {first}") from None
+    if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
+        raise DamagedCheckpointError(folder, f"{STATE_FILE} is not a run checkpoint (no 'config' in it)")
+    return state
+
+
+def load_checkpoint(folder: str | Path, config: dict[str, Any]) -> dict[str, Any]:
+    """The state saved in `folder`, refused if damaged or made for a different model config."""
+    state = read_state(folder)
     diffs = model_differences(state["config"], config)
     if diffs:
         raise ConfigError(f"checkpoint {folder} was made for a different model config: " + "; ".join(diffs))

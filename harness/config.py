@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import operator
 import re
+import reprlib
 import types
 import typing
 from collections.abc import Callable
@@ -26,9 +28,34 @@ from annotated_types import Ge, Gt
 from cmd_model.config import EvalConfig, LossConfig, ModelConfig, OptimConfig
 from shards.config import DataConfig
 
+MAX_MESSAGE = 600  # characters of one error line: a hostile value cannot flood the terminal
+
 
 class ConfigError(ValueError):
-    """A config problem a user can fix: the message names the key and the file."""
+    """A config problem a user can fix: the message names the key and the file.
+
+    It is one line (line breaks in a key or a path are shown as \\n) of at most MAX_MESSAGE
+    characters, cut in the middle when longer, whatever value it quotes.
+    """
+
+    def __init__(self, message: str) -> None:
+        message = message.replace("\r", "\\r").replace("\n", "\\n")
+        if len(message) > MAX_MESSAGE:
+            half = MAX_MESSAGE // 2 - 3
+            message = f"{message[:half]} ... {message[-half:]}"
+        super().__init__(message)
+
+
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = _SHOWN.maxother = 60
+_SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxdict = _SHOWN.maxset = 5
+_SHOWN.maxlevel = 3
+
+
+def shown(value: Any) -> str:
+    """`repr(value)` cut short (reprlib): what an error message quotes of a value a user gave,
+    without building the repr of a huge one."""
+    return _SHOWN.repr(value)
 
 
 @dataclass
@@ -125,8 +152,14 @@ def _range_text(bounds: list[tuple[str, Callable[[Any, Any], bool], Any]]) -> st
 
 
 def plain_type(tp: Any) -> Any:
-    """The type under an `Annotated[...]` (int for `Annotated[int, Gt(0)]`)."""
-    return typing.get_args(tp)[0] if typing.get_origin(tp) is Annotated else tp
+    """The type under `Annotated[...]` and `| None` (int for `Annotated[int, Gt(0)] | None`)."""
+    while True:
+        if typing.get_origin(tp) is Annotated:
+            tp = typing.get_args(tp)[0]
+        elif typing.get_origin(tp) in (typing.Union, types.UnionType):
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        else:
+            return tp
 
 
 def coerce(value: Any, tp: Any, key: str, source: str) -> Any:
@@ -138,12 +171,12 @@ def coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         value = coerce(value, args[0], key, source)
         bounds = _bounds(args[1:])
         if not all(test(value, limit) for _, test, limit in bounds):
-            raise ConfigError(f"{source}: '{key}' must be {_range_text(bounds)}, got {value!r}")
+            raise ConfigError(f"{source}: '{key}' must be {_range_text(bounds)}, got {shown(value)}")
         return value
     if origin is Literal:
         if any(value == a and type(value) is type(a) for a in args):
             return value
-        raise ConfigError(f"{source}: '{key}' must be one of {list(args)}, got {value!r}")
+        raise ConfigError(f"{source}: '{key}' must be one of {list(args)}, got {shown(value)}")
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -151,21 +184,21 @@ def coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         return coerce(value, inner[0], key, source)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{source}: '{key}' must be a mapping, got {value!r}")
+            raise ConfigError(f"{source}: '{key}' must be a mapping, got {shown(value)}")
         return build_dataclass(tp, value, source, prefix=f"{key}.")
     if tp is Any:
         return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{source}: '{key}' must be a list, got {value!r}")
+            raise ConfigError(f"{source}: '{key}' must be a list, got {shown(value)}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(coerce(v, args[0], f"{key}.{i}", source) for i, v in enumerate(value))
         if len(value) != len(args):
-            raise ConfigError(f"{source}: '{key}' must have {len(args)} items, got {value!r}")
+            raise ConfigError(f"{source}: '{key}' must have {len(args)} items, got {shown(value)}")
         return tuple(coerce(v, a, f"{key}.{i}", source) for i, (v, a) in enumerate(zip(value, args)))
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{source}: '{key}' must be a mapping, got {value!r}")
+            raise ConfigError(f"{source}: '{key}' must be a mapping, got {shown(value)}")
         vtype = args[1] if args else Any
         return {str(k): coerce(v, vtype, f"{key}.{k}", source) for k, v in value.items()}
     if tp is bool:
@@ -178,12 +211,14 @@ def coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             return int(value)
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # .inf, .nan, 1e999: no range check can refuse NaN
+                raise ConfigError(f"{source}: '{key}' must be a finite number, got {shown(value)}")
             return float(value)
     elif tp is str:
         if isinstance(value, str):
             return value
     raise ConfigError(
-        f"{source}: '{key}' must be {_type_name(tp)}, got {type(value).__name__} {value!r}"
+        f"{source}: '{key}' must be {_type_name(tp)}, got {type(value).__name__} {shown(value)}"
     )
 
 
@@ -236,31 +271,128 @@ def field_paths(cls: type = TrainConfig, prefix: str = "") -> dict[str, Any]:
 # Overrides and files
 
 
+def _field_type(tp: Any, part: str) -> Any:
+    """The declared type of `part` below a field of type `tp`: a dataclass field, a mapping
+    field's values; None where nothing is declared (an unknown key, a value of type Any)."""
+    tp = plain_type(tp)
+    if dataclasses.is_dataclass(tp):
+        return typing.get_type_hints(tp, include_extras=True).get(part)
+    if typing.get_origin(tp) is dict:
+        return typing.get_args(tp)[1]
+    return None
+
+
 def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
-    """Set `a.b.c` in a nested dict, creating mappings on the way; `a.b.0` sets a tuple item."""
-    node: Any = tree
+    """Set dotted `key` in a nested dict as the config declares it, creating sections on the way.
+
+    A list field takes one item index as its last part (`data.crops.local_scale.1`), a mapping
+    field its entries (`model.backbone_kwargs.depth`). A key that goes on below a value
+    (`optim.lr.x`), past an item (`data.crops.local_scale.0.1`) or out of a list's range is
+    refused: it names no field. Unknown section keys are left to `build_dataclass` to name.
+    """
     parts = key.split(".")
+    node, tp = tree, TrainConfig
     for i, part in enumerate(parts[:-1]):
-        if parts[i + 1].isdigit():  # the next part indexes a tuple field: start from its value
-            current = node.get(part, get_dotted(TrainConfig(), ".".join(parts[: i + 1])))
-            node[part] = list(current)
-            node = node[part]
-            break
+        here = ".".join(parts[: i + 1])
+        tp = _field_type(tp, part)
+        declared = plain_type(tp)
+        if typing.get_origin(declared) is tuple:
+            _set_item(node, part, here, parts[i + 1:], key, value)
+            return
+        if tp is not None and declared is not Any and not dataclasses.is_dataclass(declared) \
+                and typing.get_origin(declared) is not dict:
+            raise ConfigError(f"override '{key}': '{here}' is a value ({_type_name(declared)}), not a section")
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"override '{key}': '{part}' is not a section")
-    last = parts[-1]
-    if isinstance(node, list):
-        if int(last) >= len(node):
-            raise ConfigError(f"override '{key}': index {last} is out of range")
-        node[int(last)] = value
-    else:
-        node[last] = value
+            raise ConfigError(f"override '{key}': '{here}' is not a section")
+    node[parts[-1]] = value
+
+
+def _set_item(node: dict[str, Any], part: str, field_key: str, rest: list[str], key: str, value: Any) -> None:
+    """Set item `rest[0]` of the list field `part` of `node` (its default when not set yet)."""
+    if len(rest) != 1 or not rest[0].isdecimal():
+        raise ConfigError(f"override '{key}': '{field_key}' is a list: its one further part must be "
+                          f"an item index (e.g. '{field_key}.0')")
+    current = node[part] if part in node else get_dotted(TrainConfig(), field_key)
+    if not isinstance(current, (list, tuple)):
+        raise ConfigError(f"override '{key}': '{field_key}' is {shown(current)}, not a list")
+    index = int(rest[0])
+    if index >= len(current):
+        raise ConfigError(f"override '{key}': '{field_key}' has {len(current)} items, no item {index}")
+    items = list(current)
+    items[index] = value
+    node[part] = items
+
+
+MAX_YAML_VALUES = 100_000  # nodes a config document may expand to; a training config has a few hundred
+
+
+class YAMLRefused(yaml.MarkedYAMLError):
+    """Valid YAML that a config may not use: a key given twice, aliases that expand too far."""
 
 
 class _Loader(yaml.SafeLoader):
     """PyYAML's safe loader with YAML 1.2's float syntax: `5e-4` and `1e9` are numbers, as a
-    person means them (PyYAML follows YAML 1.1, where a float needs a dot: `5e-4` is a string)."""
+    person means them (PyYAML follows YAML 1.1, where a float needs a dot: `5e-4` is a string).
+
+    It refuses what PyYAML lets through silently: a key given twice in one mapping (a second
+    `optim:` section would replace the first), and aliases that expand the document past
+    MAX_YAML_VALUES values (a 2 KB "billion laughs" of nested `*a` stands for 10^9 of them) or
+    into themselves.
+    """
+
+    def compose_document(self) -> yaml.Node:
+        node = super().compose_document()
+        _check_expansion(node)
+        return node
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may repeat what it overrides
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in first_line:
+                        raise YAMLRefused(None, None, f"key {shown(key)} is given twice in one mapping "
+                                                      f"(first on line {first_line[key]})", key_node.start_mark)
+                    first_line[key] = line
+                except TypeError:  # an unhashable key: SafeLoader's own error says so
+                    break
+        return super().construct_mapping(node, deep)
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a document whose aliases expand it past MAX_YAML_VALUES nodes or into a cycle.
+
+    Aliases share one node, so the expanded size is counted once per node (memoised), in time
+    proportional to the text, not to the expansion."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in open_nodes:
+            raise YAMLRefused(None, None, "an alias refers to the value that contains it", node.start_mark)
+        open_nodes.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            n = 1 + sum(size(item) for item in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            n = 1 + sum(size(k) + size(v) for k, v in node.value)
+        else:
+            n = 1
+        open_nodes.discard(id(node))
+        if n > MAX_YAML_VALUES:
+            raise YAMLRefused(None, None, f"aliases expand this value to more than {MAX_YAML_VALUES} values",
+                              node.start_mark)
+        sizes[id(node)] = n
+        return n
+
+    if root is not None:
+        size(root)
 
 
 _Loader.add_implicit_resolver(
@@ -275,6 +407,15 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
+def yaml_problem(exc: BaseException) -> str:
+    """One line for a YAML error: 'line N: what' (PyYAML's own text spans several lines),
+    'not valid YAML: ...' for a syntax error."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
+    where = f"line {mark.line + 1}: " if mark is not None else ""
+    return f"{where}{problem}" if isinstance(exc, YAMLRefused) else f"not valid YAML: {where}{problem}"
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """`key=value` strings from a CLI to {dotted key: YAML-parsed value}."""
     out: dict[str, Any] = {}
@@ -282,19 +423,23 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key=value (e.g. loss.mil_weight=0.5)")
         key, raw = item.split("=", 1)
-        out[key.strip()] = load_yaml(raw) if raw.strip() else ""
+        try:
+            out[key.strip()] = load_yaml(raw) if raw.strip() else ""
+        except (yaml.YAMLError, ValueError, RecursionError) as exc:
+            raise ConfigError(f"override '{key.strip()}': {yaml_problem(exc)}") from None
     return out
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML mapping from disk, or a ConfigError naming the file."""
+    """A YAML mapping from disk, or a ConfigError naming the file and the line."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
         data = load_yaml(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}".splitlines()[0]) from None
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:
+        # ValueError: an integer of more digits than Python converts; RecursionError: nesting
+        raise ConfigError(f"{p}: {yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: the top level must be a mapping")
     return data

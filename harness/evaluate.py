@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from harness.checkpoint import STATE_FILE
+from harness.checkpoint import STATE_FILE, read_state
 from harness.cli_errors import exit_on_user_error
 from harness.config import ConfigError, TrainConfig, build_config, parse_overrides, to_dict
 
@@ -26,21 +26,23 @@ _RETIRED_KEYS = {"model": ("init_checkpoint_key",)}
 
 
 def read_run_state(location: str) -> tuple[dict[str, Any], TrainConfig, str]:
-    """(state, the run's config, the state file) from a checkpoint folder or its state file."""
+    """(state, the run's config, the state file) from a checkpoint folder or its state file,
+    read by the one checkpoint reader (its commit record checked)."""
     path = Path(location).expanduser()
-    if path.is_dir():
-        path = path / STATE_FILE
-    if not path.is_file():
-        raise ConfigError(f"--checkpoint {location}: no such file or checkpoint folder (with {STATE_FILE})")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or "engine" not in state or "config" not in state:
+    if path.is_file() and path.name == STATE_FILE:
+        path = path.parent
+    if not path.is_dir():
+        raise ConfigError(f"--checkpoint {location}: no such checkpoint folder or {STATE_FILE} in one")
+    state = read_state(path)
+    if "engine" not in state:
         raise ConfigError(f"--checkpoint {path}: expected a run checkpoint with 'engine' and 'config'")
     config = {section: dict(values) if isinstance(values, dict) else values
               for section, values in state["config"].items()}
     for section, keys in _RETIRED_KEYS.items():
         for key in keys:
             config.get(section, {}).pop(key, None)
-    return state, build_config(config, source=f"{path} (saved config)"), str(path)
+    state_file = path / STATE_FILE
+    return state, build_config(config, source=f"{state_file} (saved config)"), str(state_file)
 
 
 def load_teacher_backbone(state: dict[str, Any], cfg: TrainConfig, device: str) -> torch.nn.Module:
@@ -64,6 +66,7 @@ def evaluate_checkpoint(checkpoint: str, overrides: list[str] | None = None, dat
     from cmd_model.knn import knn_top1
     from cmd_model.probe import paper_probe
     from harness.backbone_eval import score_features, split_features
+    from harness.preflight import check_shards
 
     state, cfg, path = read_run_state(checkpoint)
     changes = parse_overrides(overrides or [])
@@ -73,6 +76,7 @@ def evaluate_checkpoint(checkpoint: str, overrides: list[str] | None = None, dat
     if data:
         changes["data.shards"] = data
     cfg = build_config(to_dict(cfg), changes, source=f"{path} (saved config + overrides)")
+    check_shards(cfg.data, f"{path} (saved config + overrides)")
     ev = cfg.eval
     features = split_features(load_teacher_backbone(state, cfg, device), cfg.data, ev, device)
     out = score_features(features, ev, seed=cfg.run.seed)

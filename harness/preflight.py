@@ -1,21 +1,33 @@
-"""Checks that run in the driver, before Ray starts: a missing dataset or a model the config
-cannot build fails in a second, not in every Ray worker."""
+"""Checks that run in the driver, before Ray starts: a missing dataset, a damaged shard, a
+location that cannot be reached or written, or a model the config cannot build fails in
+seconds with one line, not in every Ray worker."""
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import replace
+from pathlib import Path
 
 from harness.config import ConfigError, TrainConfig
+from harness.remote_files import REMOTE_TIMEOUT_S, RemoteFileError, read_remote, what_failed, within
+from shards.config import DataConfig
 from shards.demo import ensure_demo_shards
+from shards.errors import ManifestError, ShardIntegrityError
+from shards.manifest import Manifest, check_shard, load_manifest, manifest_location, parse_manifest
 from shards.urls import is_remote, local_path
+
+# Shards hashed before Ray starts when data.verify is on, in bytes; a larger set is checked for
+# presence and size here and hashed by the workers, as they always do with data.verify.
+PREFLIGHT_HASH_BYTES = 256 * 2**20
 
 
 def prepare_paths(cfg: TrainConfig, source: str) -> TrainConfig:
-    """Make local paths absolute (workers run elsewhere) and make sure the shards exist.
+    """Make local paths absolute (workers run elsewhere) and make sure the shards are there.
 
     The demo set is generated on first use; any other missing manifest is an error naming the
     folder and the command that writes shards. The model is checked first: it takes a second,
-    generating the demo set takes longer.
+    generating the demo set takes longer. Where runs are written is checked by the command
+    that writes there (`check_writable`).
     """
     check_model_builds(cfg, source)
     if not is_remote(cfg.data.shards):
@@ -29,6 +41,7 @@ def prepare_paths(cfg: TrainConfig, source: str) -> TrainConfig:
                 f"{source}: 'data.shards' = {shards}: {hint}; write shards first with "
                 f"`python -m shards.write imagefolder --root DATASET --out {shards}`"
             )
+    check_shards(cfg.data, source)
     if not is_remote(cfg.run.storage):
         cfg.run.storage = str(local_path(cfg.run.storage).resolve())
     if cfg.model.init_checkpoint:
@@ -36,19 +49,72 @@ def prepare_paths(cfg: TrainConfig, source: str) -> TrainConfig:
     return cfg
 
 
+def check_shards(data: DataConfig, source: str) -> Manifest:
+    """The manifest of `data.shards`, once it reads (a remote one within REMOTE_TIMEOUT_S), holds
+    samples in the train and val splits the config names and, for local shards, lists only
+    files that are there at their recorded size (and sha256 with data.verify, for sets up to
+    PREFLIGHT_HASH_BYTES): what a worker would otherwise find after Ray started."""
+    where = f"{source}: 'data.shards' = {data.shards}"
+    try:
+        if is_remote(data.shards):
+            url, base = manifest_location(data.shards)
+            manifest = parse_manifest(read_remote(url), url, base)
+        else:
+            manifest = load_manifest(data.shards)
+    except (ManifestError, RemoteFileError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    for key in ("train_split", "val_split"):
+        split = getattr(data, key)
+        try:
+            records = manifest.shards(split)
+        except ManifestError as exc:
+            raise ConfigError(f"{source}: 'data.{key}': {exc}") from None
+        if not any(r.count for r in records):
+            raise ConfigError(f"{source}: 'data.{key}': split {split!r} of {manifest.location()} holds no samples")
+    if not is_remote(data.shards):
+        records = [r for recs in manifest.splits.values() for r in recs]
+        checksum = data.verify and sum(r.bytes for r in records) <= PREFLIGHT_HASH_BYTES
+        try:
+            for record in records:
+                check_shard(manifest, record, checksum=checksum)
+        except ShardIntegrityError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    return manifest
+
+
+def check_writable(folder: str, what: str, source: str) -> None:
+    """Create the local folder `folder` and write and remove a file in it, so a run folder that
+    cannot be written fails here, in one line, not when the first checkpoint is saved."""
+    path = Path(folder)
+    probe = path / f".write-check-{os.getpid()}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"{source}: {what} = {folder}: cannot write there: "
+                          f"{exc.strerror or type(exc).__name__}") from None
+
+
 def check_init_checkpoint(location: str, source: str) -> str:
     """The init checkpoint as every worker will read it: a local path made absolute, or a
-    bucket URI (s3://, gs://) checked through pyarrow.fs from the driver."""
+    bucket URI (s3://, gs://) checked through pyarrow.fs from the driver within REMOTE_TIMEOUT_S."""
     from cmd_model.init_checkpoint import checkpoint_exists
+    from harness.checkpoint import COMMIT_FILE, STATE_FILE, damage
 
     if not is_remote(location):
         location = str(local_path(location).resolve())
     try:
-        found = checkpoint_exists(location)
-    except (OSError, ValueError) as exc:  # unknown scheme, no credentials, unreachable bucket
-        raise ConfigError(f"{source}: 'model.init_checkpoint' = {location}: {exc}".splitlines()[0]) from None
+        found = within(REMOTE_TIMEOUT_S, lambda: checkpoint_exists(location))
+    except Exception as exc:  # unknown scheme, no credentials, unreachable bucket, no answer
+        raise ConfigError(f"{source}: 'model.init_checkpoint' = {location}: {what_failed(exc)}") from None
     if not found:
         raise ConfigError(f"{source}: 'model.init_checkpoint' = {location}: no such file")
+    folder = Path(location).parent
+    if not is_remote(location) and Path(location).name == STATE_FILE and (folder / COMMIT_FILE).exists():
+        problem = damage(folder)  # a run's checkpoint: as committed, as a resume would require
+        if problem:
+            raise ConfigError(f"{source}: 'model.init_checkpoint' = {location}: {problem}")
     return location
 
 

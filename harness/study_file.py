@@ -42,6 +42,7 @@ from harness.config import (
     plain_type,
     read_yaml,
     set_dotted,
+    shown,
     to_dict,
 )
 from harness.objective import EPOCH_METRICS, LABELLED_METRICS, rung_epochs, unprobed_rungs
@@ -182,7 +183,7 @@ def _parse_dist(key: str, spec: Any, source: Path) -> Dist:
         raise ConfigError(f"{source}: space key '{key}' is not a training config field "
                           f"(e.g. {', '.join(sorted(fields)[:4])}, ...)")
     if not isinstance(spec, dict) or spec.get("type") not in _DIST_KEYS:
-        raise ConfigError(f"{source}: space '{key}' needs 'type' in {sorted(_DIST_KEYS)}, got {spec!r}")
+        raise ConfigError(f"{source}: space '{key}' needs 'type' in {sorted(_DIST_KEYS)}, got {shown(spec)}")
     kind = spec["type"]
     extra = set(spec) - _DIST_KEYS[kind] - {"type"}
     missing = _DIST_KEYS[kind] - set(spec)
@@ -192,13 +193,13 @@ def _parse_dist(key: str, spec: Any, source: Path) -> Dist:
     if kind == "choice":
         values = spec["values"]
         if not isinstance(values, list) or len(values) < 2:
-            raise ConfigError(f"{source}: space '{key}' choice needs at least 2 values, got {values!r} "
+            raise ConfigError(f"{source}: space '{key}' choice needs at least 2 values, got {shown(values)} "
                               f"(set a single value in 'base' instead)")
         return Dist(key, kind, values=values)
     low, high = spec["low"], spec["high"]
     for name, v in (("low", low), ("high", high)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise ConfigError(f"{source}: space '{key}.{name}' must be a number, got {v!r}")
+            raise ConfigError(f"{source}: space '{key}.{name}' must be a number, got {shown(v)}")
     if not low < high:
         raise ConfigError(f"{source}: space '{key}' is an empty range: low {low} >= high {high}")
     if kind == "loguniform" and low <= 0:
@@ -261,7 +262,7 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
             try:
                 build_config(base_dict, {dist.key: value}, source=str(source))
             except ConfigError as exc:
-                raise ConfigError(f"{source}: space '{dist.key}' can sample {value!r}, which is invalid: "
+                raise ConfigError(f"{source}: space '{dist.key}' can sample {shown(value)}, which is invalid: "
                                   f"{str(exc).split(': ', 1)[-1]}") from None
 
     points = data.get("points_to_evaluate")
@@ -278,7 +279,7 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
             if key not in by_key:
                 raise ConfigError(f"{source}: 'points_to_evaluate[{i}].{key}' is not in 'space'")
             if not by_key[key].contains(value):
-                raise ConfigError(f"{source}: 'points_to_evaluate[{i}].{key}' = {value!r} is outside "
+                raise ConfigError(f"{source}: 'points_to_evaluate[{i}].{key}' = {shown(value)} is outside "
                                   f"the space ({by_key[key].type} {by_key[key].corners()})")
     metric = coerce(data.get("metric", Study.metric), str, "metric", str(source))
     mode = coerce(data.get("mode", Study.mode), Mode, "mode", str(source))

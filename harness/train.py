@@ -17,7 +17,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 from harness.cli_errors import exit_on_user_error  # noqa: E402
 from harness.config import TrainConfig, load_config  # noqa: E402
 from harness.job_paths import keep_out_of_job_copy  # noqa: E402
-from harness.preflight import prepare_paths  # noqa: E402
+from harness.preflight import check_writable, is_remote, prepare_paths  # noqa: E402
 from harness.ray_session import choose_address  # noqa: E402
 
 
@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     choose_address()  # a dead RAY_ADDRESS ends here, before the demo set is generated
     keep_out_of_job_copy(config, "[train]")
     cfg = prepare_paths(config, args.config)
+    if not is_remote(cfg.run.storage):
+        check_writable(cfg.run.storage, "'run.storage'", args.config)
     name = args.name or cfg.run.name
     print(f"[train] {cfg.loss.method} on {cfg.data.shards}: {cfg.optim.epochs} epochs, "
           f"{cfg.scaling.num_workers} worker(s); run folder {cfg.run.storage}/{name}", flush=True)

@@ -15,21 +15,23 @@ import json
 import os
 import sys
 import time
+import typing
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness.cli_errors import exit_on_user_error  # noqa: E402
-from harness.config import ConfigError, parse_overrides, to_dict  # noqa: E402
+from harness.config import ConfigError, coerce, parse_overrides, to_dict  # noqa: E402
 from harness.job_paths import keep_out_of_job_copy, outside_job_copy  # noqa: E402
 from harness.objective import rung_epochs  # noqa: E402
-from harness.preflight import is_remote, prepare_paths  # noqa: E402
+from harness.preflight import check_writable, is_remote, prepare_paths  # noqa: E402
 from harness.ray_session import choose_address  # noqa: E402
-from harness.study_file import Study, load_study  # noqa: E402
+from harness.study_file import SearchSettings, Study, load_study  # noqa: E402
 from harness.study_storage import storage_location  # noqa: E402
 
 DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "tune_spaces" / "demo.yaml"
+SEARCH_FIELDS = typing.get_type_hints(SearchSettings, include_extras=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="start a fresh study under a new, time-stamped name")
     parser.add_argument("--retry-errored", action="store_true",
                         help="when resuming, run errored trials again")
-    parser.add_argument("--num-samples", type=int, help="override search.num_samples")
+    parser.add_argument("--num-samples", type=int, help="override search.num_samples (>= 1)")
     parser.add_argument("--warm-start", metavar="RUN_DIR_OR_STORAGE",
                         help="begin a new study with the finished trials of an earlier one whose space overlaps: "
                              "its study folder, its Optuna journal, or a database URL[#STUDY] "
@@ -158,18 +160,20 @@ def random_init_baseline(study: Study, folder: Path) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     study = load_study(args.space, parse_overrides(args.overrides))
+    if args.num_samples is not None:  # checked against search.num_samples' own declaration
+        study.search.num_samples = coerce(args.num_samples, SEARCH_FIELDS["num_samples"], "--num-samples",
+                                          "command line")
     choose_address()  # a dead RAY_ADDRESS ends here, before the demo set or the baseline
     inherited = None
     if args.warm_start:
         from harness.warm_start import inherit
 
         inherited = inherit(args.warm_start, study)  # an incompatible study is refused here, before Ray
-    if args.num_samples:
-        study.search.num_samples = args.num_samples
     keep_out_of_job_copy(study.base, "[study]")  # and study_location does the same for --storage
     study.base = prepare_paths(study.base, args.space)
     study.base_dict = to_dict(study.base)
     uri, folder = study_location(study, args)
+    check_writable(str(folder), "the study folder", args.space)
     resuming = study_exists(uri)
     check_storage_matches(study, folder, resuming)
     if resuming:

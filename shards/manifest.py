@@ -106,15 +106,19 @@ def save_manifest(manifest: Manifest, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load_manifest(path_or_dir: str | os.PathLike) -> Manifest:
-    """Read a manifest from a shard folder / URL prefix or the manifest file itself."""
+def manifest_location(path_or_dir: str | os.PathLike) -> tuple[str, str]:
+    """(the manifest's path or URL, the shard folder its names are relative to) for a shard
+    folder / URL prefix or the manifest file itself."""
     s = str(path_or_dir)
     if s.endswith(".json"):
-        url, base = s, s.rsplit("/", 1)[0] if "/" in s else "."
-        if not is_remote(s):
-            base = str(local_path(s).parent)
-    else:
-        url, base = join(s, MANIFEST_NAME), s
+        base = s.rsplit("/", 1)[0] if "/" in s else "."
+        return s, base if is_remote(s) else str(local_path(s).parent)
+    return join(s, MANIFEST_NAME), s
+
+
+def load_manifest(path_or_dir: str | os.PathLike) -> Manifest:
+    """Read a manifest from a shard folder / URL prefix or the manifest file itself."""
+    url, base = manifest_location(path_or_dir)
     if not is_remote(url) and not local_path(url).is_file():
         hint = ""
         if local_path(base).is_dir() and (local_path(base) / PARTIAL_NAME).exists():
@@ -122,12 +126,26 @@ def load_manifest(path_or_dir: str | os.PathLike) -> Manifest:
         raise ManifestError(f"no shard manifest at {url}{hint}; write one with `python -m shards.write`")
     try:
         with open_url(url) as f:
-            d = json.loads(f.read().decode("utf-8"))
-        return Manifest.from_dict(d, base=base)
-    except ManifestError:
-        raise
-    except Exception as e:  # unreadable / not JSON / wrong fields
+            raw = f.read()
+    except Exception as e:  # unreadable
         raise ManifestError(f"cannot read shard manifest {url}: {type(e).__name__}: {e}") from e
+    return parse_manifest(raw, url, base)
+
+
+def parse_manifest(raw: bytes, url: str, base: str) -> Manifest:
+    """The manifest in `raw` (read from `url`), or a ManifestError naming `url`: not JSON, a
+    field missing, or a shard record whose name, count, size or sha256 has the wrong type."""
+    try:
+        manifest = Manifest.from_dict(json.loads(raw.decode("utf-8")), base=base)
+    except Exception as e:  # not UTF-8 / not JSON / wrong fields
+        raise ManifestError(f"cannot read shard manifest {url}: {type(e).__name__}: {e}") from e
+    for split, records in manifest.splits.items():
+        for i, r in enumerate(records):
+            if not (isinstance(r.name, str) and isinstance(r.sha256, str)
+                    and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in (r.count, r.bytes))):
+                raise ManifestError(f"shard manifest {url}: shard {i} of split {split!r} needs a name, a count, "
+                                    f"a size in bytes and a sha256, got {str(asdict(r))[:200]}")
+    return manifest
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

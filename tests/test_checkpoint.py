@@ -14,6 +14,7 @@ from harness.checkpoint import (
     damage,
     detached_copy,
     load_checkpoint,
+    read_state,
     restore_newest_intact,
     rng_state,
     save_checkpoint,
@@ -76,6 +77,21 @@ def test_same_size_corruption_and_a_missing_commit_are_damage(tmp_path):
     assert damage(tmp_path) == "state.pt does not match its committed sha256"
     (tmp_path / COMMIT_FILE).unlink()
     assert damage(tmp_path) == "no readable commit.json: never committed"
+
+
+def test_a_committed_file_torch_cannot_read_is_damage_too(tmp_path):
+    """A state.pt that matches its commit record yet is no torch file (copied over, another format)."""
+    import hashlib
+    import json
+
+    save_checkpoint(tmp_path, state_for(to_dict(build_config({}))))
+    junk = b"not a torch file" * 100
+    (tmp_path / "state.pt").write_bytes(junk)
+    (tmp_path / COMMIT_FILE).write_text(json.dumps({"file": "state.pt", "bytes": len(junk),
+                                                    "sha256": hashlib.sha256(junk).hexdigest()}))
+    assert damage(tmp_path) is None
+    with pytest.raises(DamagedCheckpointError, match=r"state.pt cannot be read: "):
+        read_state(tmp_path)
 
 
 def run_with_checkpoints(run_dir, epochs: int) -> list:
@@ -154,3 +170,16 @@ def _leaves(tree, prefix=""):
             yield from _leaves(value, f"{prefix}{i}.")
     else:
         yield prefix, tree
+
+
+def test_a_damaged_run_checkpoint_as_init_checkpoint_is_refused_before_ray(tmp_path):
+    from harness.preflight import check_init_checkpoint
+
+    save_checkpoint(tmp_path, state_for(to_dict(build_config({}))))
+    assert check_init_checkpoint(str(tmp_path / "state.pt"), "cfg.yaml") == str(tmp_path / "state.pt")
+    size = (tmp_path / "state.pt").stat().st_size
+    (tmp_path / "state.pt").write_bytes((tmp_path / "state.pt").read_bytes()[:1000])
+    with pytest.raises(ConfigError) as err:
+        check_init_checkpoint(str(tmp_path / "state.pt"), "cfg.yaml")
+    assert str(err.value) == f"cfg.yaml: 'model.init_checkpoint' = {tmp_path / 'state.pt'}: " \
+                             f"state.pt has 1000 bytes, {size} committed"

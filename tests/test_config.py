@@ -20,6 +20,7 @@ from harness.config import (
     get_dotted,
     load_config,
     parse_overrides,
+    plain_type,
     set_dotted,
     to_dict,
 )
@@ -232,3 +233,149 @@ def test_preflight_leaves_loss_values_to_the_train_loop():
     """A legal value that makes the loss non-finite (tests/test_nan.py) passes the preflight: the
     worker reports it with epoch, step and term."""
     check_model_builds(load_config(DEMO, ["loss.student_temp=1.0e-40"]), DEMO)
+
+
+# ---------------------------------------------------------------------------------------
+# Hostile input: each refused in one line naming the key (and the file, the line)
+
+
+def float_items() -> list[tuple[str, str]]:
+    """(field, what an override sets) for every float field: `optim.lr` itself, or an entry of a
+    mapping of floats (`scaling.resources_per_worker.GPU`)."""
+    out = []
+    for key, tp in field_paths().items():
+        tp = plain_type(tp)
+        if tp is float:
+            out.append((key, key))
+        elif typing.get_origin(tp) is dict and plain_type(typing.get_args(tp)[1]) is float:
+            out.append((key, f"{key}.GPU"))
+    return out
+
+
+FLOATS = float_items()
+
+
+def test_float_fields_are_found():
+    assert {"optim.lr", "loss.student_temp", "data.crops.local_scale.1", "scaling.resources_per_worker"} <= \
+        {key for key, _ in FLOATS}
+    assert len(FLOATS) > 30
+
+
+@pytest.mark.parametrize("key, item", FLOATS, ids=[key for key, _ in FLOATS])
+def test_every_float_field_refuses_infinity_and_nan(key, item):
+    for text, shown in ((".inf", "inf"), ("-.inf", "-inf"), (".nan", "nan"), ("1e999", "inf")):
+        value = text if item == key else f"{{GPU: {text}}}"
+        with pytest.raises(ConfigError) as err:
+            load_config(DEMO, [f"{key}={value}"])
+        assert str(err.value) == f"{DEMO}: '{item}' must be a finite number, got {shown}"
+
+
+def test_non_finite_value_in_a_file_names_key_and_file(tmp_path, capsys, no_ray):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(f"extends: {DEMO}\noptim:\n  lr: .inf\n")
+    assert train.main(["--config", str(path)]) == 2
+    assert one_error_line(capsys) == f"error: {path}: 'optim.lr' must be a finite number, got inf"
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("optim:\n  lr: 0.001\ndata:\n  batch_size: 4\noptim:\n  epochs: 3\n",
+     "line 5: key 'optim' is given twice in one mapping (first on line 1)"),
+    ("optim:\n  lr: 0.001\n  epochs: 2\n  lr: 5.0\n",
+     "line 4: key 'lr' is given twice in one mapping (first on line 2)"),
+    ("model:\n  backbone_kwargs: {depth: 2, depth: 3}\n",
+     "line 2: key 'depth' is given twice in one mapping (first on line 2)"),
+])
+def test_a_key_given_twice_is_refused_naming_key_and_line(tmp_path, text, problem, capsys, no_ray):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    assert train.main(["--config", str(path)]) == 2
+    assert one_error_line(capsys) == f"error: {path}: {problem}"
+
+
+def test_a_merge_key_may_repeat_what_it_merges(tmp_path):
+    """`<<: {...}` then a key it also holds is an override, not a key given twice."""
+    path = tmp_path / "cfg.yaml"
+    path.write_text(f"extends: {DEMO}\nmodel:\n  backbone_kwargs:\n"
+                    "    <<: {patch_size: 8, img_size: 48, depth: 3}\n    depth: 2\n")
+    assert load_config(path).model.backbone_kwargs["depth"] == 2
+
+
+def laughs(levels: int, width: int = 10) -> str:
+    """A "billion laughs" mapping: `levels` nested aliases of `width` items, width**levels values."""
+    lines = [f"l0: &l0 [{', '.join(['lol'] * width)}]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * width)}]" for i in range(1, levels)]
+    return "".join(f"    {line}\n" for line in lines)
+
+
+def test_an_alias_bomb_is_refused_in_one_short_line(tmp_path, capsys, no_ray):
+    """Under 1 KB of nested aliases standing for 10^6 values (10^9 with three more lines):
+    refused while the file is read, never built, walked or printed."""
+    path = tmp_path / "cfg.yaml"
+    path.write_text(f"extends: {DEMO}\nmodel:\n  backbone_kwargs:\n{laughs(6)}")
+    assert len(path.read_text()) < 1024
+    assert train.main(["--config", str(path)]) == 2
+    assert one_error_line(capsys) == f"error: {path}: line 8: aliases expand this value to more than 100000 values"
+
+
+def test_an_alias_into_itself_is_refused(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(f"extends: {DEMO}\nmodel:\n  backbone_kwargs: &kw {{depth: 2, more: *kw}}\n")
+    with pytest.raises(ConfigError, match=r"cfg.yaml: line 3: an alias refers to the value that contains it"):
+        load_config(path)
+
+
+def test_a_small_alias_is_read():
+    assert parse_overrides(["eval.knn_k=[&k 10, *k]"]) == {"eval.knn_k": [10, 10]}
+
+
+@pytest.mark.parametrize("override", [
+    "run.name=[" + ", ".join(["'" + "x" * 5000 + "'"] * 200) + "]",  # a megabyte of value
+    "run.name={" + ", ".join(f"k{i}: [{', '.join(['1'] * 500)}]" for i in range(100)) + "}",
+    "loss." + "k" * 100_000 + "=1",  # and of key
+])
+def test_an_error_line_quotes_a_huge_value_or_key_in_short(override, capsys, no_ray):
+    assert train.main(["--config", DEMO, override]) == 2
+    line = one_error_line(capsys)
+    assert len(line) <= 700 and line.startswith(f"error: {DEMO}: ")
+
+
+def test_a_line_break_in_a_key_stays_on_one_line(tmp_path, capsys, no_ray):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(f'extends: {DEMO}\nrun:\n  "na\\nme": x\n')
+    assert train.main(["--config", str(path)]) == 2
+    assert "unknown key 'run.na\\nme'" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.crops.local_scale.0.1=0.35", "'data.crops.local_scale' is a list: its one further part must be an item"),
+    ("data.crops.local_scale.low=0.35", "'data.crops.local_scale' is a list: its one further part must be an item"),
+    ("data.crops.local_scale.2=0.35", "'data.crops.local_scale' has 2 items, no item 2"),
+    ("eval.knn_k.4=5", "'eval.knn_k' has 4 items, no item 4"),
+    ("optim.lr.0=1", "'optim.lr' is a value (float), not a section"),
+    ("data.samples_per_epoch.x=1", "'data.samples_per_epoch' is a value (int), not a section"),
+    ("optim.lr=[1, ", "not valid YAML: line 1:"),
+])
+def test_an_override_must_name_a_field_exactly(override, message, capsys, no_ray):
+    assert train.main(["--config", DEMO, override]) == 2
+    line = one_error_line(capsys)
+    assert line.startswith(f"error: override '{override.split('=')[0]}': ") and message in line
+
+
+def test_an_item_override_sets_that_item_only():
+    cfg = load_config(DEMO, ["data.crops.local_scale.1=0.35", "eval.knn_k.3=5", "model.backbone_kwargs.depth=2"])
+    assert cfg.data.crops.local_scale == (0.1, 0.35) and cfg.eval.knn_k == (10, 20, 100, 5)
+    assert cfg.model.backbone_kwargs == {"patch_size": 8, "img_size": 48, "depth": 2, "embed_dim": 96, "num_heads": 3}
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_tune_refuses_fewer_than_one_sample(value, capsys, no_ray):
+    args = ["--space", DEMO, "--no-baseline", "--num-samples", value, "data.demo=false", "data.shards=/no/such/dir"]
+    assert tune.main(args) == 2
+    assert one_error_line(capsys) == f"error: command line: '--num-samples' must be >= 1, got {value}"
+
+
+def test_tune_applies_the_number_of_samples_given(demo_shards, tmp_path, capsys, no_ray):
+    with pytest.raises(RuntimeError, match="got as far as starting Ray"):  # every check before Ray passed
+        tune.main(["--space", DEMO, "--no-baseline", "--num-samples", "1", "--storage", str(tmp_path),
+                   "data.demo=false", f"data.shards={demo_shards}"])
+    assert "[study] demo: 1 trials x <= 9 epochs" in capsys.readouterr().out

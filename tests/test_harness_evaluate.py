@@ -56,8 +56,10 @@ def test_folder_or_file_reproduces_the_runs_numbers_on_the_named_features(tmp_pa
 
 
 def test_bad_checkpoint_and_overrides_are_one_line(tmp_path, demo_shards, capsys):
+    assert main(["--checkpoint", str(tmp_path / "nope")]) == 2
+    assert "no such checkpoint folder or state.pt in one" in capsys.readouterr().err
     assert main(["--checkpoint", str(tmp_path)]) == 2
-    assert "no such file or checkpoint folder" in capsys.readouterr().err
+    assert capsys.readouterr().err == f"error: checkpoint {tmp_path}: no state.pt in it\n"
     _run_checkpoint(tmp_path / "ckpt", demo_shards)
     assert main(["--checkpoint", str(tmp_path / "ckpt"), "optim.lr=1"]) == 2
     err = capsys.readouterr().err
@@ -88,3 +90,37 @@ def test_label_free_evaluation_reports_rankme_of_the_val_features_alone(tmp_path
     assert metrics["rankme"] == rankme(val)
     labelled = evaluate_backbone(engine.teacher_backbone, cfg.data, cfg.eval, torch.device("cpu"), seed=cfg.run.seed)
     assert labelled["rankme"] == metrics["rankme"] and 1.0 < metrics["rankme"] <= val.shape[1]
+
+
+def _truncated(folder) -> int:
+    """Cut the committed state.pt short, as a node lost while writing it leaves it; its full size."""
+    size = (folder / "state.pt").stat().st_size
+    with open(folder / "state.pt", "r+b") as f:
+        f.truncate(1000)
+    return size
+
+
+def test_evaluate_and_final_refuse_a_damaged_checkpoint_in_one_line(tmp_path, demo_shards, capsys):
+    from harness.final import main as final_main
+
+    folder = tmp_path / "run" / "checkpoint_000001"
+    _run_checkpoint(folder, demo_shards)
+    size = _truncated(folder)
+    expected = f"error: checkpoint {folder}: state.pt has 1000 bytes, {size} committed"
+    for location in (folder, folder / "state.pt"):
+        assert main(["--checkpoint", str(location), "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert err.strip() == expected and "Traceback" not in err
+    best = {"trial_id": "t1", "params": {}, "epoch": 1, "checkpoint_path": str(folder)}
+    (tmp_path / "run" / "best.json").write_text(json.dumps(best))
+    assert final_main([str(tmp_path / "run"), "--device", "cpu"]) == 2
+    assert capsys.readouterr().err.strip() == expected
+    assert not (tmp_path / "run" / "final_test.json").exists()
+
+
+def test_evaluate_refuses_an_uncommitted_checkpoint(tmp_path, demo_shards, capsys):
+    folder = tmp_path / "ckpt"
+    _run_checkpoint(folder, demo_shards)
+    (folder / "commit.json").unlink()
+    assert main(["--checkpoint", str(folder), "--device", "cpu"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: checkpoint {folder}: no readable commit.json: never committed"

@@ -52,3 +52,48 @@ def test_report_reads_tune_state_where_the_study_wrote_it(tmp_path):
     assert tune_state(folder, None) == str(folder)
     assert tune_state(folder, "s3://bucket/studies/") == "s3://bucket/studies/cub"
     assert tune_state(folder, (tmp_path / "studies").as_uri()) == str(tmp_path / "studies" / "cub")
+
+
+@pytest.mark.parametrize("command", ["sleep 300", "sh -c 'sleep 301 | cat'"])
+def test_a_pipe_command_and_what_it_started_die_with_a_killed_reader(command):
+    """A `pipe:` location read by a process that is then killed (SIGKILL: nothing of it runs)
+    leaves none of the processes the command started behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    root = Path(__file__).resolve().parent.parent
+    reader = ("import sys, time\nfrom shards.urls import open_url\nstream = open_url(sys.argv[1])\n"
+              "print(stream.proc.pid, flush=True)\ntime.sleep(300)\n")
+    proc = subprocess.Popen([sys.executable, "-c", reader, f"pipe:{command}"], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        int(proc.stdout.readline())
+        expected = {"sleep"} | ({"cat"} if "cat" in command else set())
+        deadline = time.monotonic() + 60
+        while not expected <= {p.name() for p in psutil.Process(proc.pid).children(recursive=True)}:
+            assert time.monotonic() < deadline, "the command did not start"
+            time.sleep(0.1)
+        started = psutil.Process(proc.pid).children(recursive=True)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    def running(p: psutil.Process) -> bool:
+        try:
+            return p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + 60
+    while any(running(p) for p in started) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [f"{p.pid} {p.name()}" for p in started if running(p)]
+    for p in started:
+        if running(p):
+            p.kill()
+    assert left == []
