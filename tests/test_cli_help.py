@@ -1,8 +1,8 @@
 """Every command of the project answers `--help` (exit 0, its own usage), as README.md promises.
 
 The commands are found twice, from both sides: every module of harness/ and shards/ with a
-`__main__` block, and every `python -m harness.X` / `python harness/X.py` / `python -m shards.X`
-the Markdown files name. A documented command without a `__main__` block fails too.
+`__main__` block, and every `python -m harness.<name>`, `python harness/<name>.py` and
+`python -m shards.<name>` the Markdown files name. A documented command without a `__main__` block fails too.
 """
 from __future__ import annotations
 
