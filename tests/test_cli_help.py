@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_docs_links import repository_files
+
 ROOT = Path(__file__).resolve().parents[1]
 CLI_PACKAGES = ("harness", "shards")
 DOC_COMMAND = re.compile(r"python (?:-m ((?:harness|shards)(?:\.\w+)+)|((?:harness|shards)(?:/\w+)+\.py))")
@@ -37,9 +39,7 @@ def entry_point_modules() -> set[str]:
 def documented_commands() -> dict[str, list[str]]:
     """module -> the command line the docs run it with (`-m` form, or the script path)."""
     out: dict[str, list[str]] = {}
-    for md in sorted(ROOT.rglob("*.md")):
-        if ".venv" in md.parts:
-            continue
+    for md in (ROOT / p for p in repository_files(ROOT) if p.endswith(".md")):
         for module, script in DOC_COMMAND.findall(md.read_text(encoding="utf-8")):
             if module:
                 out.setdefault(module, ["-m", module])
