@@ -101,9 +101,9 @@ def trivial_loop(config: dict[str, Any]) -> None:
         (folder / f"timing-{os.getpid()}.json").write_text(json.dumps({"marks": marks, "epochs": epochs}))
 
 
-# Documented Ray settings that cut what Train V2 starts or waits for per run (ray/train/v2/_internal/
-# constants.py, propagated from the driver to the controller and workers): no PreemptionWatcher actor
-# per run, and the controller polls its workers every 0.5 s instead of 2 s (reports, finish).
+# Documented Ray settings that cut what Train V2 starts or waits for per run, propagated from the
+# driver to the controller and workers (ray/train/v2/_internal/constants.py): no PreemptionWatcher
+# actor per run, and the controller polls its workers every 0.5 s instead of 2 s (reports, finish).
 TUNED_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 
 

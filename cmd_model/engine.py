@@ -117,7 +117,7 @@ class CMDEngine:
     def train_step(self, views: list[torch.Tensor], it: int, epoch: int) -> dict[str, float]:
         """One micro-step on `views` (2 global views first, then the local ones).
 
-        Raises losses.NonFiniteLossError (naming the term) before touching any state.
+        Raises cmd_model.loss.NonFiniteLossError (naming the term) before touching any state.
         """
         acc = self.optim_cfg.accumulate
         first = self.micro_step % acc == 0

@@ -515,7 +515,8 @@ def check_combinations(cfg: TrainConfig, source: str) -> None:
         if not lo <= hi:
             raise ConfigError(f"{source}: '{key}' must satisfy low <= high, got {[lo, hi]}")
     loss = cfg.loss
-    if loss.method != "dino":  # dino is the image term with weight 1, whatever the weights say (losses.py)
+    # dino is the image term with weight 1, whatever the weights say (cmd_model/loss/__init__.py)
+    if loss.method != "dino":
         used = ("image_weight", "region_weight") + (("mil_weight",) if loss.method == "cmd" else ())
         if not any(getattr(loss, w) > 0 for w in used):
             names = ", ".join(f"'loss.{w}'" for w in used)

@@ -3,10 +3,11 @@
 Without this check a too-old driver fails deep inside the first CUDA call of a trial, and a
 node whose torch sees no GPU would train on the CPU without saying so. `scaling.use_gpu` calls
 `require_usable_gpu()` at the start of every Train worker; `python -m harness.gpu_check` runs
-the same check from a shell (the cluster configs run it when a GPU node joins).
+the same check by hand on a node.
 """
 from __future__ import annotations
 
+import argparse
 import shutil
 import subprocess
 import sys
@@ -88,7 +89,12 @@ def require_usable_gpu() -> None:
         raise GPUStackError(problem)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(
+        prog="python -m harness.gpu_check",
+        description="Check that this node can train on its GPU: the NVIDIA driver runs the installed torch "
+                    "build and torch sees a GPU. Prints one line; exit 0 when it can, 1 (the reason on "
+                    "stderr) when it cannot.").parse_args(argv)
     try:
         require_usable_gpu()
     except GPUStackError as exc:

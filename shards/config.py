@@ -13,7 +13,8 @@ Photometric = Literal["loader", "step", "none"]
 
 @dataclass
 class CropConfig:
-    """Multi-crop recipe. Defaults are the demo's; the paper's are in tune_spaces/cub.yaml.
+    """Multi-crop recipe. The defaults are small CPU-sized crops with DINO's photometric recipe; the demo's
+    values are in tune_spaces/demo.yaml, the paper's in tune_spaces/recipes/paper.yaml.
 
     Paper/official code (EsViT `DataAugmentationDINO`): 2 global 224 px, scale (0.4, 1.0);
     8 local 96 px, scale (0.05, 0.4); colour jitter p 0.8, grayscale p 0.2, blur, solarize.

@@ -1,5 +1,5 @@
 """The cluster files in cluster/, checked against what reads them: Ray 2.60's launcher schema and
-validator, KubeRay's v1 CRD schemas (../shared/kuberay-crds/), Ray's own node-provider source
+validator, KubeRay's v1 CRD schemas (cluster/kuberay/crds/), Ray's own node-provider source
 (which cloud API calls the head makes, so which permissions the policies in cluster/iam/ must
 grant), the Dockerfile's CUDA variant against the node images' drivers, and the study YAMLs'
 resource requests against each node type. Fast: no Ray cluster is started.
@@ -35,6 +35,7 @@ LAUNCHER_YAMLS = [CLUSTER / "aws-gpu.yaml", CLUSTER / "gcp-gpu.yaml"]
 FAKE_YAML = CLUSTER / "fake-multinode.yaml"
 KUBERAY = CLUSTER / "kuberay"
 KUBERAY_YAMLS = sorted(KUBERAY.glob("*.yaml"))
+KUBERAY_CRDS = KUBERAY / "crds"  # KubeRay's own CRDs, vendored unchanged (its README.md says which version)
 IAM = CLUSTER / "iam"
 RAY_KINDS = {"RayCluster", "RayJob", "RayService"}
 PRIVATE_PORTS = {6379, 8265, 10001}  # GCS, dashboard + job API, Ray Client
@@ -627,18 +628,6 @@ def test_gcp_nodes_run_as_the_described_accounts_and_rays_own_account_is_inert()
 # KubeRay manifests: KubeRay's v1 CRD schemas, and token auth wired the way the operator reads it
 
 
-def crd_folder() -> Path | None:
-    """../shared/kuberay-crds beside the repository (CI), or beside the main checkout of a git
-    worktree of it."""
-    candidates = [ROOT.parent / "shared" / "kuberay-crds"]
-    dot_git = ROOT / ".git"
-    if dot_git.is_file():  # a worktree: .git names <main>/.git/worktrees/<name>
-        gitdir = Path(dot_git.read_text().split(":", 1)[1].strip())
-        common = (gitdir / (gitdir / "commondir").read_text().strip()).resolve()
-        candidates.append(common.parent.parent / "shared" / "kuberay-crds")
-    return next((c for c in candidates if c.is_dir()), None)
-
-
 def strict(schema: dict) -> dict:
     """The CRD's openAPIV3Schema with unknown fields rejected, as the API server does with
     strict field validation: every object that lists `properties` and neither sets
@@ -658,11 +647,8 @@ def strict(schema: dict) -> dict:
 @functools.cache
 def crd_v1_schema(kind: str) -> dict:
     """The v1 openAPIV3Schema of KubeRay's CRD for `kind` (17k lines: parsed once, with libyaml)."""
-    folder = crd_folder()
-    if folder is None:
-        pytest.skip("KubeRay CRDs not found: ../shared/kuberay-crds/ is absent beside the repository")
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    crd = yaml.load((folder / f"ray.io_{kind.lower()}s.yaml").read_text(), Loader=loader)
+    crd = yaml.load((KUBERAY_CRDS / f"ray.io_{kind.lower()}s.yaml").read_text(), Loader=loader)
     return next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"]["openAPIV3Schema"]
 
 

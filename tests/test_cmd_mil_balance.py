@@ -1,8 +1,10 @@
 """The MIL term's weight in the gradient, measured on the paper's heads at initialisation.
 
-CMD_REFERENCE.md: ||dL_S|| / ||dL_I|| is about 3.6 with the official `F.kl_div(s_cls, sum s_region)`
-(torch <= 1.10 semantics, `loss.mil_form: official`) and about 0.33 with a proper KL(bag || image)
-('batchmean', `loss.mil_form: proper_kl`). The paper recipe must have the official balance.
+||dL_S|| / ||dL_I|| with the official `F.kl_div(s_cls, sum s_region)` (torch <= 1.10 semantics,
+`loss.mil_form: official`) is an order of magnitude above the one of a proper KL(bag || image)
+('batchmean', `loss.mil_form: proper_kl`): the two forms are not interchangeable, and the paper
+recipe must have the official balance (docs/cmd-reference.md, "The loss"; the measured table is in
+cmd_model/README.md).
 """
 from __future__ import annotations
 
@@ -64,14 +66,12 @@ def gradient_ratios(seed: int = 0, batch: int = 2, model: ModelConfig | None = N
 def test_official_form_keeps_the_official_gradient_balance():
     """Measured here (seeds 0 / 1 / 2, this model): official 4.03 / 4.27 / 4.01 over the parameters,
     2.53 / 2.58 / 2.66 at the heads' outputs; proper_kl 0.084 / 0.091 / 0.082 over the parameters,
-    0.327 / 0.336 / 0.341 at the outputs. CMD_REFERENCE's pair (3.62, 0.33) matches the official
-    term over the parameters and the proper KL at the outputs; it does not say where it was measured
-    (cmd_model/README.md). Tolerances: the official ratio moves with the backbone (2.4-2.8 at width
-    128, 4.0-4.3 at Swin-T's 768), so +-25% around 3.62; the proper ratio at the outputs is 0.32 at
-    width 128 and 0.33-0.34 at 768, so +-15% around 0.33."""
+    0.327 / 0.336 / 0.341 at the outputs (cmd_model/README.md). Ranges: the official ratio over the
+    parameters moves with the backbone (2.4-2.8 at width 128, 4.0-4.3 at Swin-T's 768), so 2.7-4.5;
+    the proper ratio at the outputs hardly does (0.32 at width 128, 0.33-0.34 at 768), so 0.28-0.38."""
     r = gradient_ratios(seed=0)
-    assert 0.75 * 3.62 < r["official"]["parameters"] < 1.25 * 3.62
-    assert 0.85 * 0.33 < r["proper_kl"]["outputs"] < 1.15 * 0.33
+    assert 2.7 < r["official"]["parameters"] < 4.5
+    assert 0.28 < r["proper_kl"]["outputs"] < 0.38
     # the decision: the two forms are not interchangeable, wherever the gradient is measured
     assert r["official"]["parameters"] > 20 * r["proper_kl"]["parameters"]
     assert r["official"]["outputs"] > 5 * r["proper_kl"]["outputs"]

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 CASES = [
     ("580.65.06", "13.0", True, False),   # exactly NVIDIA's CUDA 13.x minimum
     ("580.65.05", "13.0", True, True),    # one patch below it
-    ("550.90.07", "13.0", True, True),    # GCP's common-cu124 image with a CUDA 13 torch (issue 14)
+    ("550.90.07", "13.0", True, True),    # GCP's common-cu124 image with a CUDA 13 torch
     ("570.133.20", "12.8", True, False),  # CUDA 12.x runs on any >= 525.60.13
     ("525.60.13", "12.8", True, False),
     ("525.60.12", "12.6", True, True),

@@ -68,14 +68,6 @@ def test_bad_checkpoint_and_overrides_are_one_line(tmp_path, demo_shards, capsys
     assert "'eval.knn_feature' must be one of" in capsys.readouterr().err
 
 
-def test_cmd_model_imports_neither_harness_nor_shards():
-    import pathlib
-
-    for f in (pathlib.Path(__file__).resolve().parent.parent / "cmd_model").glob("*.py"):
-        text = f.read_text()
-        assert not any(f"{w} {m}" in text for w in ("import", "from") for m in ("shards", "harness")), f
-
-
 def test_label_free_evaluation_reports_rankme_of_the_val_features_alone(tmp_path, demo_shards):
     """Unlabeled shards: each measured epoch is RankMe of the teacher's val features, nothing that
     needs labels, and the same number the labelled evaluation reports."""
