@@ -13,6 +13,12 @@ from annotated_types import Ge, Gt, Interval
 # Each set of names is spelled here only; code that needs the list uses typing.get_args.
 MILForm = Literal["proper_kl", "official"]
 Method = Literal["dino", "esvit", "cmd"]  # each adds a term: image; + region; + multi-instance
+# The loss terms each method trains with (cmd_model/loss): the image term L_I (DINO), the region
+# term L_R on the dense head (EsViT), the multi-instance terms L_S [+ L_T] (CMD, main_esvit.py "ours
+# md"). The one place that says it: the networks, the loss, checkpoint loading and the config check
+# read it through `method_uses`.
+METHOD_TERMS: dict[str, tuple[str, ...]] = {"dino": ("image",), "esvit": ("image", "region"),
+                                            "cmd": ("image", "region", "mil")}
 MilPooling = Literal["sum", "mean", "attention"]
 MilKLDirection = Literal["bag||image", "image||bag"]
 MilKLReduction = Literal["batchmean", "mean"]
@@ -127,3 +133,11 @@ class EvalConfig:
     paper_probe_epochs: Annotated[int, Gt(0)] = 100
     paper_probe_lr: Annotated[float, Gt(0)] = 0.001
     paper_probe_batch: Annotated[int, Gt(0)] = 256
+
+
+def method_uses(method: str, term: str) -> bool:
+    """Whether `method` trains with loss `term` ("image", "region" or "mil"): METHOD_TERMS. The
+    region and multi-instance terms both need the dense head."""
+    if method not in METHOD_TERMS:
+        raise ValueError(f"loss.method={method!r}; expected one of {tuple(METHOD_TERMS)}")
+    return term in METHOD_TERMS[method]

@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from cmd_model.config import method_uses
+
 # DDP, torch.compile, and DINO / EsViT utils.MultiCropWrapper (its backbone; heads stay `head*`)
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.", "backbone.")
 _WEIGHT_NORM = {"last_layer.weight_g": "last_layer.parametrizations.weight.original0",
@@ -184,7 +186,7 @@ def _load_centers(loss: nn.Module, centers: dict[str, Any], where: str) -> list[
     to center (DINOLoss saves `center` alone)."""
     own = loss.state_dict()
     need = ["center"] + (["center_region"] if getattr(loss, "cfg", None) is not None
-                         and loss.cfg.method in ("esvit", "cmd") else [])
+                         and method_uses(loss.cfg.method, "region") else [])
     missing = [f"{where}.{k}" for k in need if k not in centers]
     unexpected = [f"{where}.{k}" for k in centers if k not in own]
     if missing or unexpected:

@@ -2,17 +2,15 @@
 from __future__ import annotations
 
 import copy
-import typing
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from cmd_model.backbone import Backbone, build_backbone
-from cmd_model.config import LossConfig, Method, ModelConfig
-from cmd_model.heads import DINOHead, GatedAttentionMIL
-
-METHODS = typing.get_args(Method)
+from cmd_model.config import LossConfig, ModelConfig, method_uses
+from cmd_model.heads import DINOHead
+from cmd_model.mil_attention import GatedAttentionMIL
 
 
 @dataclass
@@ -74,8 +72,7 @@ class CMDNetwork(nn.Module):
 def build_network(model_cfg: ModelConfig, loss_cfg: LossConfig) -> CMDNetwork:
     """One network. The dense head exists for esvit/cmd, the attention MIL module only for cmd with
     attention pooling: every parameter takes part in the loss, as DDP requires."""
-    if loss_cfg.method not in METHODS:
-        raise ValueError(f"loss.method={loss_cfg.method!r}; expected one of {METHODS}")
+    dense, mil_term = method_uses(loss_cfg.method, "region"), method_uses(loss_cfg.method, "mil")
     backbone = build_backbone(model_cfg)
     d = backbone.embed_dim
 
@@ -91,9 +88,9 @@ def build_network(model_cfg: ModelConfig, loss_cfg: LossConfig) -> CMDNetwork:
         )
 
     image_head = head()
-    dense_head = head() if loss_cfg.method in ("esvit", "cmd") else None
+    dense_head = head() if dense or mil_term else None
     mil = None
-    if loss_cfg.method == "cmd" and loss_cfg.mil_pooling == "attention":
+    if mil_term and loss_cfg.mil_pooling == "attention":
         mil = GatedAttentionMIL(d, loss_cfg.mil_attention_dim)
     return CMDNetwork(backbone, image_head, dense_head, mil)
 

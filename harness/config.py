@@ -25,7 +25,7 @@ import annotated_types
 import yaml
 from annotated_types import Ge, Gt
 
-from cmd_model.config import EvalConfig, LossConfig, ModelConfig, OptimConfig
+from cmd_model.config import METHOD_TERMS, EvalConfig, LossConfig, ModelConfig, OptimConfig
 from shards.config import DataConfig
 
 MAX_MESSAGE = 600  # characters of one error line: a hostile value cannot flood the terminal
@@ -515,9 +515,8 @@ def check_combinations(cfg: TrainConfig, source: str) -> None:
         if not lo <= hi:
             raise ConfigError(f"{source}: '{key}' must satisfy low <= high, got {[lo, hi]}")
     loss = cfg.loss
-    # dino is the image term with weight 1, whatever the weights say (cmd_model/loss/__init__.py)
-    if loss.method != "dino":
-        used = ("image_weight", "region_weight") + (("mil_weight",) if loss.method == "cmd" else ())
+    if loss.method != "dino":  # dino is its image term alone, with weight 1 (cmd_model/loss)
+        used = tuple(f"{term}_weight" for term in METHOD_TERMS[loss.method])
         if not any(getattr(loss, w) > 0 for w in used):
             names = ", ".join(f"'loss.{w}'" for w in used)
             raise ConfigError(f"{source}: the weights 'loss.method' {loss.method} uses ({names}) are all zero")

@@ -135,7 +135,7 @@ def test_a_snapshot_written_after_training_went_on_is_the_state_at_report_time(t
     upload thread writes it. What is written must be the state at the snapshot, bit for bit."""
     from cmd_model.config import LossConfig, OptimConfig
     from cmd_model.engine import CMDEngine
-    from cmd_model.tiny import tiny_vit_config
+    from tests.tiny_models import tiny_vit_config
 
     gen = torch.Generator().manual_seed(0)
     views = [torch.randn(4, 3, 32, 32, generator=gen) for _ in range(2)] + [

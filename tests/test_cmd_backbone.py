@@ -8,7 +8,7 @@ from cmd_model.backbone import build_backbone
 from cmd_model.config import LossConfig
 from cmd_model.heads import DINOHead, cancel_last_layer_grads
 from cmd_model.network import build_networks
-from cmd_model.tiny import tiny_swin_config, tiny_vit_config
+from tests.tiny_models import tiny_swin_config, tiny_vit_config
 
 torch.set_num_threads(2)
 

@@ -7,7 +7,7 @@ import torch
 from cmd_model.config import LossConfig, OptimConfig
 from cmd_model.engine import CMDEngine
 from cmd_model.heatmap import save_heatmaps, token_weights
-from cmd_model.tiny import tiny_vit_config
+from tests.tiny_models import tiny_vit_config
 
 torch.set_num_threads(2)
 

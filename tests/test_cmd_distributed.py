@@ -21,7 +21,7 @@ import torch.multiprocessing as mp
 
 from cmd_model.config import LossConfig, OptimConfig
 from cmd_model.engine import CMDEngine
-from cmd_model.tiny import tiny_vit_config
+from tests.tiny_models import tiny_vit_config
 
 STEPS, B, LR = 2, 4, 0.05  # global batch 2B = 8
 PARAM_ATOL = 1e-3 * LR     # see the module docstring: float64 noise <= 5e-4 * LR, a bug ~ LR

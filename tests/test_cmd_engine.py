@@ -10,7 +10,7 @@ import torch
 from cmd_model.config import LossConfig, OptimConfig
 from cmd_model.engine import CMDEngine, get_params_groups
 from cmd_model.schedules import Schedules
-from cmd_model.tiny import tiny_swin_config, tiny_vit_config
+from tests.tiny_models import tiny_swin_config, tiny_vit_config
 
 torch.set_num_threads(2)
 

@@ -11,7 +11,7 @@ from cmd_model.features import extract_features
 from cmd_model.knn import knn_top1
 from cmd_model.probe import linear_probe, paper_probe
 from cmd_model.retrieval import retrieval
-from cmd_model.tiny import tiny_vit_config
+from tests.tiny_models import tiny_vit_config
 
 torch.set_num_threads(2)
 

@@ -7,8 +7,8 @@ import torch
 from cmd_model.config import LossConfig, OptimConfig
 from cmd_model.engine import CMDEngine
 from cmd_model.init_checkpoint import checkpoint_exists
-from cmd_model.tiny import tiny_swin_config, tiny_vit_config
 from tests.official_layout import esvit_checkpoint
+from tests.tiny_models import tiny_swin_config, tiny_vit_config
 
 torch.set_num_threads(2)
 

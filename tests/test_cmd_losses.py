@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from cmd_model.config import LossConfig
-from cmd_model.heads import GatedAttentionMIL
 from cmd_model.loss import CMDLoss, NonFiniteLossError
 from cmd_model.loss.mil import bag_log_pool, legacy_kl_div
 from cmd_model.loss.region import match_regions
+from cmd_model.mil_attention import GatedAttentionMIL
 from cmd_model.network import NetOutput
 
 B, K, D, NG, NL = 3, 7, 5, 4, 2  # batch, prototypes, token width, tokens per global / local view

@@ -4,7 +4,7 @@
 Pooling, official (main_esvit.py DDINOLoss.forward, "ours md"): `torch.sum(region, dim=1)`, an
 unweighted sum; normalised to a distribution it equals the mean. "attention" weighs each token by
 gated attention MIL (Ilse, Tomczak, Welling, ICML 2018, eq. 9; the module is
-`cmd_model.heads.GatedAttentionMIL`), not in the official code (see cmd_model/README.md).
+`cmd_model.mil_attention.GatedAttentionMIL`), not in the official code (see cmd_model/README.md).
 """
 from __future__ import annotations
 
