@@ -1,4 +1,5 @@
-"""User mistakes end a command with one line on stderr and exit code 2, not a traceback."""
+"""User mistakes end a command with one line on stderr and exit code 2, not a traceback; the
+library modules' event lines are shown on stdout while the command runs (harness/console.py)."""
 from __future__ import annotations
 
 import functools
@@ -17,6 +18,9 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 def exit_on_user_error(main: Callable[..., int]) -> Callable[..., int]:
     @functools.wraps(main)
     def wrapper(*args, **kwargs) -> int:
+        from harness.console import show_events
+
+        show_events()
         try:
             return main(*args, **kwargs)
         except USER_ERRORS as exc:

@@ -4,12 +4,42 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from typing import Any
 
 import pandas as pd
 from ray.train.v2._internal.execution.callback import WorkerCallback
 from ray.tune import Callback
+
+EVENT_LOGGERS = ("harness", "shards")  # the packages whose INFO records are a command's one-line events
+
+
+class _EventLines(logging.StreamHandler):
+    """Each record as a plain line on the current sys.stdout (looked up per line, so a replaced
+    stdout, as under pytest, gets it too)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stdout
+        super().emit(record)
+        self.flush()
+
+
+def show_events() -> None:
+    """Print what the harness's and the shards' library modules log at INFO as plain stdout lines,
+    the way the commands print their own events (each command calls this first; a module logs
+    through `logging.getLogger(__name__)` and never prints)."""
+    for name in EVENT_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, _EventLines) for h in logger.handlers):
+            logger.addHandler(_EventLines())
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
 
 # Read by Ray Train (2.60) from the driver's environment and passed on to its controller and
 # workers (ray.train.v2._internal.constants.ENV_VARS_TO_PROPAGATE), so it also reaches the

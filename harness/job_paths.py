@@ -9,10 +9,13 @@ the same submit command finds and resumes the same study.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from harness.config import TrainConfig
 from shards.urls import is_remote, local_path
+
+log = logging.getLogger(__name__)
 
 JOB_HOME = "~/cmd-harness"
 
@@ -54,5 +57,5 @@ def keep_out_of_job_copy(cfg: TrainConfig, prefix: str) -> None:
     cfg.run.storage = outside_job_copy(cfg.run.storage)
     if cfg.data.demo:
         cfg.data.shards = outside_job_copy(cfg.data.shards)
-    print(f"{prefix} running in Ray's temporary copy of the working dir ({copy}): relative paths "
-          f"are taken under {JOB_HOME} on this node", flush=True)
+    log.info(f"{prefix} running in Ray's temporary copy of the working dir ({copy}): relative paths "
+             f"are taken under {JOB_HOME} on this node")

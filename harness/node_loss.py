@@ -9,6 +9,7 @@ committed checkpoint), up to `run.max_node_losses` times; any other error is rai
 """
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
@@ -16,6 +17,8 @@ import ray
 from ray.exceptions import RayActorError
 from ray.train import Result, WorkerGroupError
 from ray.train.torch import TorchTrainer
+
+log = logging.getLogger(__name__)
 
 # How long to wait for Ray to declare a suspect node dead: the GCS marks a node whose raylet
 # vanished as dead only after its health checks fail (Ray 2.60 defaults: every 3 s, 5 misses),
@@ -73,6 +76,5 @@ def fit_through_node_loss(make_trainer: Callable[[], TorchTrainer], max_node_los
             if not nodes or losses == max_node_losses:
                 raise
             losses += 1
-            print(f"[train] {name}: node {', '.join(n[:12] for n in nodes)} was lost without warning; "
-                  f"resuming from the last checkpoint ({losses} of run.max_node_losses {max_node_losses})",
-                  flush=True)
+            log.info(f"[train] {name}: node {', '.join(n[:12] for n in nodes)} was lost without warning; "
+                     f"resuming from the last checkpoint ({losses} of run.max_node_losses {max_node_losses})")

@@ -20,6 +20,8 @@ import ray
 
 from harness.config import ConfigError
 
+log = logging.getLogger(__name__)
+
 PROBE_SECONDS = 5.0
 
 
@@ -162,7 +164,7 @@ def connect(verbose: bool = False, log_to_driver: bool = True) -> str:
     if os.environ.get("RAY_ADDRESS") == "local":  # the new instance's processes would inherit it and,
         del os.environ["RAY_ADDRESS"]             # with other Ray instances up, look for a cluster
     ray.init(address=address, logging_level=level, log_to_driver=log_to_driver, **kwargs)
-    print(line, flush=True)
+    log.info(line)
     gcs = ray.get_runtime_context().gcs_address
     os.environ["RAY_ADDRESS"] = gcs
     return gcs

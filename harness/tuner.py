@@ -6,6 +6,7 @@ per-epoch reports to Tune so ASHA and Optuna see every epoch (Ray 2.60).
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +16,14 @@ from ray.tune.schedulers import FIFOScheduler
 
 from harness.asha import ResumableASHA
 from harness.config import build_config
-from harness.console import TrialProgress, quiet_train_console
+from harness.console import TrialProgress, quiet_train_console, show_events
 from harness.objective import CONFIRM_OF
 from harness.searcher import BudgetAwareOptunaSearch
 from harness.study_file import Study
 from harness.study_storage import storage_location
 from harness.trainer import fit
+
+log = logging.getLogger(__name__)
 
 
 def trial_driver(params: dict[str, Any], base: dict[str, Any], train_storage: str,
@@ -31,6 +34,7 @@ def trial_driver(params: dict[str, Any], base: dict[str, Any], train_storage: st
     from its last checkpoint instead of starting it over. A confirm run names the search trial
     it repeats (CONFIRM_OF) besides its config and seed.
     """
+    show_events()  # a lost node's line, on this actor's stdout (the console with --verbose)
     params = {k: v for k, v in params.items() if k != CONFIRM_OF}
     cfg = build_config(base, params, source="trial")
     cfg.run.storage = train_storage
@@ -127,8 +131,8 @@ def build_tuner(study: Study, study_uri: str, local_dir: Path, retry_errored: bo
     )
     param_space = {d.key: d.tune_domain() for d in study.space}
     if tune.Tuner.can_restore(study_uri):
-        print(f"[study] resuming {study_uri}: finished trials are kept"
-              + ("; errored trials are retried" if retry_errored else ""), flush=True)
+        log.info(f"[study] resuming {study_uri}: finished trials are kept"
+                 + ("; errored trials are retried" if retry_errored else ""))
         return tune.Tuner.restore(study_uri, trainable=trainable, param_space=param_space,
                                   resume_unfinished=True, resume_errored=retry_errored)
     storage, name = study_uri.rsplit("/", 1)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -222,8 +225,8 @@ def ensure_demo_shards(shards_dir: Path, shard_size: int = DEMO_SHARD_SIZE, work
             return manifest
         images = shards_dir.parent / "images"
         demo = DemoSize(**size)
-        print(f"demo: generating {demo.images()} images ({demo.classes} classes) in {images} and shards in "
-              f"{shards_dir}", file=sys.stderr, flush=True)
+        log.info(f"demo: generating {demo.images()} images ({demo.classes} classes) in {images} and shards in "
+                 f"{shards_dir}")
         make_demo_imagefolder(images, **size)
         return write_dataset("imagefolder", images, shards_dir, shard_size=shard_size, workers=workers,
                              progress=False, name="demo-birds")

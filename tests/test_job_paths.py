@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from harness.console import show_events
 from harness.job_paths import job_working_copy, outside_job_copy
 
 
@@ -34,6 +35,7 @@ def test_a_job_keeps_its_run_folder_and_demo_set_out_of_the_copy(tmp_path, monke
     copy.mkdir(parents=True)
     monkeypatch.chdir(copy)
     cfg = build_config({"data": {"shards": "data/demo/shards", "demo": True}, "run": {"storage": "runs"}})
+    show_events()  # as every command does: the library's event lines on stdout
     keep_out_of_job_copy(cfg, "[train]")
     home = tmp_path / "home" / "cmd-harness"
     assert (cfg.data.shards, cfg.run.storage) == (str(home / "data/demo/shards"), str(home / "runs"))
