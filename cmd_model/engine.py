@@ -19,7 +19,7 @@ from cmd_model.backbone import Backbone
 from cmd_model.config import LossConfig, ModelConfig, OptimConfig
 from cmd_model.ema import ema_update
 from cmd_model.heads import cancel_last_layer_grads
-from cmd_model.init_checkpoint import restore_init_checkpoint
+from cmd_model.init_checkpoint import load_checkpoint, restore_init_checkpoint
 from cmd_model.loss import TERM_NAMES, CMDLoss
 from cmd_model.loss.centers import dist_ready
 from cmd_model.network import CMDNetwork, build_networks
@@ -73,6 +73,7 @@ class CMDEngine:
         device: torch.device | str = "cpu",
         wrap_student: Callable[[nn.Module], nn.Module] | None = None,
         amp_dtype: torch.dtype | None = None,
+        read_checkpoint: Callable[[str], Any] = load_checkpoint,
     ) -> None:
         assert optim_cfg.accumulate >= 1, optim_cfg  # checked with the config (harness.config)
         if amp_dtype not in (None, torch.bfloat16, torch.float16):
@@ -88,7 +89,7 @@ class CMDEngine:
             teacher = nn.SyncBatchNorm.convert_sync_batchnorm(teacher)
         self.loss = CMDLoss(model_cfg.out_dim, loss_cfg)
         if model_cfg.init_checkpoint:  # before DDP wraps the student (it broadcasts rank 0's weights)
-            restore_init_checkpoint(student, teacher, self.loss, model_cfg.init_checkpoint)
+            restore_init_checkpoint(student, teacher, self.loss, model_cfg.init_checkpoint, read_checkpoint)
         self.loss.to(self.device)
         self._student: CMDNetwork = student.to(self.device)
         self.teacher: CMDNetwork = teacher.to(self.device)

@@ -15,9 +15,6 @@ import torch
 
 from cmd_model.network import CMDNetwork
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 @torch.no_grad()
 def token_weights(teacher: CMDNetwork, images: torch.Tensor, center: torch.Tensor | None = None,
@@ -51,11 +48,12 @@ def _grid(n: int, h: int, w: int) -> tuple[int, int]:
 
 
 def save_heatmaps(engine_or_teacher: Any, images: torch.Tensor, path: str | Path,
-                  mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> Path:
+                  mean: tuple[float, ...], std: tuple[float, ...]) -> Path:
     """Save one PNG: a row per image, the image beside its token-weight heat map (and an overlay).
 
     `engine_or_teacher`: a CMDEngine (its teacher, centers and final teacher temperature are used) or
-    a CMDNetwork teacher. `images`: normalised (B, 3, H, W), e.g. a few val images."""
+    a CMDNetwork teacher. `images`: (B, 3, H, W) normalised with `mean` and `std` (the loader's:
+    shards.augment IMAGENET_MEAN / IMAGENET_STD), e.g. a few val images."""
     import matplotlib
 
     matplotlib.use("Agg")

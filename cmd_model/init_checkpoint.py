@@ -1,4 +1,4 @@
-"""Start a run from a checkpoint: what the official code restores, from a path or a bucket URI.
+"""Start a run from a checkpoint: what the official code restores.
 
 The paper continues from an ImageNet EsViT Swin-T checkpoint. main_esvit.py (CMD and EsViT) saves
 {'student', 'teacher', 'optimizer', 'epoch', 'args', 'dino_loss', 'fp16_scaler'} and restores
@@ -20,9 +20,8 @@ Three layouts are read:
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib
-import io
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -34,62 +33,30 @@ from cmd_model.config import method_uses
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.", "backbone.")
 _WEIGHT_NORM = {"last_layer.weight_g": "last_layer.parametrizations.weight.original0",
                 "last_layer.weight_v": "last_layer.parametrizations.weight.original1"}
-_GCS_RETRY_S = 20
 # Buffers the official Swin saves and timm rebuilds (not persistent in timm).
 _REBUILT_BUFFERS = ("relative_position_index", "attn_mask")
 
 
-def is_uri(location: str) -> bool:
-    return "://" in location
-
-
-def bucket_filesystem(location: str) -> tuple[Any, str]:
-    """(pyarrow filesystem, path) for a URI. GCS gets a retry limit: without one, a machine that
-    cannot reach Google retries for minutes before saying so."""
-    import pyarrow.fs
-
-    if location.startswith("gs://"):
-        fs = pyarrow.fs.GcsFileSystem(retry_time_limit=datetime.timedelta(seconds=_GCS_RETRY_S))
-        return fs, location[len("gs://"):]
-    return pyarrow.fs.FileSystem.from_uri(location)
-
-
-def checkpoint_exists(location: str) -> bool:
-    """True when `location` (a local path or an s3:// / gs:// / file:// URI) is a file."""
-    if not is_uri(location):
-        from pathlib import Path
-
-        return Path(location).expanduser().is_file()
-    import pyarrow.fs
-
-    fs, path = bucket_filesystem(location)
-    return fs.get_file_info(path).type == pyarrow.fs.FileType.File
-
-
-def read_checkpoint(location: str) -> Any:
-    """torch.load a local file or a bucket URI (pyarrow.fs, which Ray installs) with
-    weights_only=True; the official 'args' (an argparse.Namespace) is allowed as well."""
+def load_checkpoint(source: str | Any, location: str | None = None) -> Any:
+    """torch.load a local path or an open binary file with weights_only=True; the official 'args'
+    (an argparse.Namespace) is allowed as well. Bucket URIs are the caller's: harness/remote_files.py
+    reads them and hands the bytes here. `location` names the checkpoint in errors."""
+    where = location or str(source)
     try:
-        if is_uri(location):
-            fs, path = bucket_filesystem(location)
-            with fs.open_input_stream(path) as f:
-                source: Any = io.BytesIO(f.read())
-        else:
-            source = location
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(source, map_location="cpu", weights_only=True)
     except FileNotFoundError as exc:
-        raise FileNotFoundError(f"model.init_checkpoint: no file at {location}") from exc
-    except OSError as exc:  # pyarrow: missing object, no access
-        raise FileNotFoundError(f"model.init_checkpoint {location}: cannot be read: {exc}") from exc
+        raise FileNotFoundError(f"model.init_checkpoint: no file at {where}") from exc
     except Exception as exc:  # pickle with custom classes, corrupt file
-        raise ValueError(f"model.init_checkpoint {location}: cannot be read with weights_only=True: {exc}") from exc
+        raise ValueError(f"model.init_checkpoint {where}: cannot be read with weights_only=True: {exc}") from exc
 
 
-def restore_init_checkpoint(student: nn.Module, teacher: nn.Module, loss: nn.Module, location: str) -> str:
-    """Load `location` into the (unwrapped) student and teacher CMDNetworks and the CMDLoss
-    centers; returns the layout read. One ValueError lists every missing / unexpected key."""
-    ckpt = read_checkpoint(location)
+def restore_init_checkpoint(student: nn.Module, teacher: nn.Module, loss: nn.Module, location: str,
+                            read: Callable[[str], Any] = load_checkpoint) -> str:
+    """Load the checkpoint at `location` (read by `read`: a local path by default, the harness
+    passes its reader of bucket URIs) into the (unwrapped) student and teacher CMDNetworks and the
+    CMDLoss centers; returns the layout read. One ValueError lists every missing / unexpected key."""
+    ckpt = read(location)
     if not isinstance(ckpt, dict):
         raise ValueError(f"model.init_checkpoint {location}: expected a dict, got {type(ckpt).__name__}")
     problems: list[str] = []

@@ -3,6 +3,7 @@ and retrieval, each on the feature the protocol names."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 
@@ -67,3 +68,22 @@ def evaluate_backbone(backbone: torch.nn.Module, data: DataConfig, ev: EvalConfi
         metrics = score_features(split_features(backbone, data, ev, device), ev, seed)
     metrics["probe_seconds"] = time.perf_counter() - start
     return metrics
+
+
+def evaluate_start(cfg: Any) -> dict[str, float]:
+    """The teacher a run of `cfg` (a TrainConfig) starts from, evaluated as a trained one is: its
+    random init (seeded as harness/train_loop.py seeds it before building the networks) or its
+    model.init_checkpoint. What self-supervision must beat; the study's and harness.compare's
+    baseline."""
+    from cmd_model.loss import CMDLoss
+    from cmd_model.network import build_networks
+    from harness.remote_files import read_checkpoint
+
+    torch.manual_seed(cfg.run.seed)
+    student, teacher = build_networks(cfg.model, cfg.loss)
+    if cfg.model.init_checkpoint:
+        from cmd_model.init_checkpoint import restore_init_checkpoint
+
+        restore_init_checkpoint(student, teacher, CMDLoss(cfg.model.out_dim, cfg.loss), cfg.model.init_checkpoint,
+                                read_checkpoint)
+    return evaluate_backbone(teacher.backbone, cfg.data, cfg.eval, torch.device("cpu"), seed=cfg.run.seed)

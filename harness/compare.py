@@ -19,7 +19,7 @@ import typing
 
 from cmd_model.config import Method, MILForm
 from harness.cli_errors import exit_on_user_error
-from harness.config import ConfigError, TrainConfig, load_config
+from harness.config import ConfigError, load_config
 from harness.preflight import prepare_paths
 
 # method name -> config overrides
@@ -50,23 +50,6 @@ def table(rows: dict[str, list[dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
-def starting_metrics(cfg: TrainConfig) -> dict[str, float]:
-    """The teacher a run of `cfg` starts from (random init for its seed, or the init checkpoint),
-    evaluated like a trained one."""
-    import torch
-
-    from cmd_model.init_checkpoint import restore_init_checkpoint
-    from cmd_model.loss import CMDLoss
-    from cmd_model.network import build_networks
-    from harness.backbone_eval import evaluate_backbone
-
-    torch.manual_seed(cfg.run.seed)  # as harness/train_loop.py before it builds the engine
-    student, teacher = build_networks(cfg.model, cfg.loss)
-    if cfg.model.init_checkpoint:
-        restore_init_checkpoint(student, teacher, CMDLoss(cfg.model.out_dim, cfg.loss), cfg.model.init_checkpoint)
-    return evaluate_backbone(teacher.backbone, cfg.data, cfg.eval, torch.device("cpu"), seed=cfg.run.seed)
-
-
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.compare", description=__doc__.splitlines()[0])
@@ -92,12 +75,13 @@ def main(argv: list[str] | None = None) -> int:
                                      args.config)
                for m in methods for s in seeds}  # every config checked before the first run
 
+    from harness.backbone_eval import evaluate_start
     from harness.train import run
 
     start_name = "init checkpoint" if base.model.init_checkpoint else "random init"
     rows: dict[str, list[dict[str, float]]] = {start_name: []}
     for s in seeds:
-        rows[start_name].append(starting_metrics(configs[(methods[0], s)]))  # the backbone init ignores the method
+        rows[start_name].append(evaluate_start(configs[(methods[0], s)]))  # the backbone init ignores the method
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for method in methods:
         rows[method] = []

@@ -76,6 +76,11 @@ class ScalingConfig:
         default_factory=lambda: {"CPU": 0.0, "memory": 2.5 * 2**30})
     amp: Literal["auto", "bf16", "fp16", "none"] = "auto"  # auto: bf16 on GPUs that have it, else fp16; off on CPU
 
+    @property
+    def worker_gpus(self) -> float:
+        """GPUs each worker holds: gpus_per_worker, 1 when it is 0 with use_gpu, none without."""
+        return (self.gpus_per_worker or 1.0) if self.use_gpu else 0.0
+
 
 @dataclass
 class RunConfig:

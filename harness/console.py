@@ -12,6 +12,8 @@ import pandas as pd
 from ray.train.v2._internal.execution.callback import WorkerCallback
 from ray.tune import Callback
 
+from harness.objective import completed
+
 EVENT_LOGGERS = ("harness", "shards")  # the packages whose INFO records are a command's one-line events
 
 
@@ -106,7 +108,7 @@ class TrialProgress(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         result = self.last.get(trial.trial_id, {})
         epochs = result.get("epoch", 0)
-        how = "completed" if epochs >= self.max_epochs else f"stopped early by ASHA at epoch {epochs:g}"
+        how = "completed" if completed(epochs, self.max_epochs) else f"stopped early by ASHA at epoch {epochs:g}"
         self._say(f"{trial.trial_id} {how}: {self.metric} {result.get(self.metric, float('nan')):.4f}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

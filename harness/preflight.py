@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from harness.config import ConfigError, TrainConfig
-from harness.remote_files import REMOTE_TIMEOUT_S, RemoteFileError, read_remote, what_failed, within
+from harness.remote_files import REMOTE_TIMEOUT_S, RemoteFileError, file_exists, read_remote, what_failed, within
 from shards.config import DataConfig
 from shards.demo import ensure_demo_shards
 from shards.errors import ManifestError, ShardIntegrityError
@@ -99,13 +99,12 @@ def check_writable(folder: str, what: str, source: str) -> None:
 def check_init_checkpoint(location: str, source: str) -> str:
     """The init checkpoint as every worker will read it: a local path made absolute, or a
     bucket URI (s3://, gs://) checked through pyarrow.fs from the driver within REMOTE_TIMEOUT_S."""
-    from cmd_model.init_checkpoint import checkpoint_exists
     from harness.checkpoint import COMMIT_FILE, STATE_FILE, damage
 
     if not is_remote(location):
         location = str(local_path(location).resolve())
     try:
-        found = within(REMOTE_TIMEOUT_S, lambda: checkpoint_exists(location))
+        found = within(REMOTE_TIMEOUT_S, lambda: file_exists(location))
     except Exception as exc:  # unknown scheme, no credentials, unreachable bucket, no answer
         raise ConfigError(f"{source}: 'model.init_checkpoint' = {location}: {what_failed(exc)}") from None
     if not found:

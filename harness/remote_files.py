@@ -7,19 +7,21 @@ and http(s):// shards with curl, which retries for about 70 s.
 """
 from __future__ import annotations
 
+import datetime
 import errno
+import io
 import shutil
 import socket
 import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
-from shards.urls import is_pipe, open_url
+from shards.urls import is_pipe, is_remote, local_path, open_url
 
-REMOTE_TIMEOUT_S = 20.0  # as long as the init checkpoint's GCS client retries (cmd_model/init_checkpoint.py)
+REMOTE_TIMEOUT_S = 20.0  # as long as the GCS client retries (bucket_filesystem)
 # The command webdataset reads a scheme's shards with in every worker: it must be installed.
 _WORKER_COMMANDS = {"gs": "gsutil", "http": "curl", "https": "curl"}
 
@@ -100,8 +102,6 @@ def read_remote(url: str, seconds: float = REMOTE_TIMEOUT_S) -> bytes:
             with urllib.request.urlopen(url, timeout=seconds) as response:  # noqa: S310 - http(s) only
                 return response.read()
         if scheme == "gs":
-            from cmd_model.init_checkpoint import bucket_filesystem
-
             fs, path = bucket_filesystem(url)
             with fs.open_input_stream(path) as stream:
                 return stream.read()
@@ -112,3 +112,40 @@ def read_remote(url: str, seconds: float = REMOTE_TIMEOUT_S) -> bytes:
         return within(seconds, read)
     except Exception as exc:  # every failure becomes its one line
         raise RemoteFileError(f"{url}: {what_failed(exc, seconds)}") from None
+
+
+def bucket_filesystem(location: str) -> tuple[Any, str]:
+    """(pyarrow filesystem, path) for a bucket URI (s3://, gs://, ...). GCS gets a retry limit:
+    without one, a machine that cannot reach Google retries for minutes before saying so."""
+    import pyarrow.fs
+
+    if location.startswith("gs://"):
+        fs = pyarrow.fs.GcsFileSystem(retry_time_limit=datetime.timedelta(seconds=REMOTE_TIMEOUT_S))
+        return fs, location[len("gs://"):]
+    return pyarrow.fs.FileSystem.from_uri(location)
+
+
+def file_exists(location: str) -> bool:
+    """True when `location` (a local path, a file:// URL or a bucket URI) is a file."""
+    if not is_remote(location):
+        return local_path(location).expanduser().is_file()
+    import pyarrow.fs
+
+    fs, path = bucket_filesystem(location)
+    return fs.get_file_info(path).type == pyarrow.fs.FileType.File
+
+
+def read_checkpoint(location: str) -> Any:
+    """A model.init_checkpoint as every worker reads it: a local path (or file:// URL) or a bucket
+    URI through pyarrow.fs (which Ray installs), loaded by cmd_model's own loader."""
+    from cmd_model.init_checkpoint import load_checkpoint
+
+    if not is_remote(location):
+        return load_checkpoint(str(local_path(location)), location)
+    try:
+        fs, path = bucket_filesystem(location)
+        with fs.open_input_stream(path) as f:
+            data = io.BytesIO(f.read())
+    except OSError as exc:  # pyarrow: missing object, no access
+        raise FileNotFoundError(f"model.init_checkpoint {location}: cannot be read: {exc}") from exc
+    return load_checkpoint(data, location)

@@ -16,7 +16,7 @@ from ray.tune import ExperimentAnalysis
 
 from harness.config import to_dict
 from harness.console import first_error_line
-from harness.objective import CONFIRM_OF, rank_configs, rank_trials
+from harness.objective import CONFIRM_OF, completed, rank_configs, rank_trials
 from harness.study_file import Study
 
 TRIALS_PARQUET, TRIALS_CSV, CURVES_PARQUET = "results.parquet", "results.csv", "curves.parquet"
@@ -27,13 +27,13 @@ def _stop_reason(status: str, epochs: float, max_epochs: int) -> str:
     if status == "ERROR":
         return "error"
     if status == "TERMINATED":
-        return "completed" if epochs >= max_epochs else "early_stopped"
+        return "completed" if completed(epochs, max_epochs) else "early_stopped"
     return "interrupted" if epochs else "not_started"
 
 
 def _gpus_per_trial(study: Study) -> float:
     s = study.base.scaling
-    return s.num_workers * (s.gpus_per_worker or 1.0) if s.use_gpu else 0.0
+    return s.num_workers * s.worker_gpus
 
 
 def epoch_reports(analysis: ExperimentAnalysis, trial_id: str) -> pd.DataFrame:
@@ -99,9 +99,10 @@ def collect(study: Study, study_dir: str | Path) -> tuple[pd.DataFrame, pd.DataF
     return trials, pd.DataFrame(curves, columns=["trial_id", "epoch", metric, "loss", "time_total_s", "stop_reason"])
 
 
-def write_results(study: Study, trials: pd.DataFrame, curves: pd.DataFrame, out_dir: str | Path) -> dict[str, Any]:
+def write_results(study: Study, trials: pd.DataFrame, curves: pd.DataFrame, out_dir: str | Path,
+                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write `collect`'s frames as results.parquet/.csv and curves.parquet, and best_config.yaml and
-    best.json; return best."""
+    best.json (with `extra` entries: the study's baseline, what it inherited); return best."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     trials.to_parquet(out / TRIALS_PARQUET, index=False)
@@ -110,6 +111,7 @@ def write_results(study: Study, trials: pd.DataFrame, curves: pd.DataFrame, out_
     summary = best_summary(study, trials)
     if not summary:
         return {}
+    summary.update(extra or {})
     config = to_dict(study.trial_config(summary["params"]))
     header = (f"# best config (trial {summary['trial_id']}) of study {study.name}: {describe_value(summary)}\n"
               f"# run it in full: python harness/train.py --config {out / BEST_CONFIG}\n")

@@ -33,7 +33,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from harness.objective import CONFIRM_OF, confirm_runs, measured_step, outcome, rank_trials
+from harness.objective import CONFIRM_OF, completed, confirm_runs, measured_step, outcome, rank_trials
 from harness.study_file import Dist
 from harness.study_storage import open_storage
 
@@ -190,7 +190,7 @@ class BudgetAwareOptunaSearch(Searcher):
         confirms = self._confirm_records()
         if trial_id in confirms:
             step = measured_step(result, self.metric)
-            done = not error and step is not None and step[0] >= self.max_epochs
+            done = not error and step is not None and completed(step[0], self.max_epochs)
             self._set_confirm(trial_id, {**confirms[trial_id], "state": "COMPLETE" if done else "FAIL",
                                          "value": step[1] if done else None})
             return

@@ -31,6 +31,7 @@ from harness.checkpoint import (
 from harness.config import TrainConfig, build_config, to_dict
 from harness.gpu_check import require_usable_gpu
 from harness.objective import EVAL_METRICS, is_probed
+from harness.remote_files import read_checkpoint
 from shards.augment import to_model_input
 from shards.pipeline import steps_per_epoch, train_loader
 from shards.urls import is_remote, local_path
@@ -200,7 +201,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     engine = CMDEngine(cfg.model, cfg.loss, cfg.optim, steps_per_epoch=steps,
                        global_batch=global_batch, device=device,
                        wrap_student=ray.train.torch.prepare_model,
-                       amp_dtype=amp_dtype(cfg.scaling.amp, device))
+                       amp_dtype=amp_dtype(cfg.scaling.amp, device), read_checkpoint=read_checkpoint)
     views_rng = torch.Generator(device="cpu")
     marks.mark("engine_ready")
 

@@ -20,7 +20,7 @@ def worker_resources(cfg: TrainConfig) -> dict[str, float]:
     """Per-worker resources: CPUs and GPUs from the config plus any custom resources."""
     resources: dict[str, float] = {"CPU": cfg.scaling.cpus_per_worker, **cfg.scaling.resources_per_worker}
     if cfg.scaling.use_gpu:
-        resources["GPU"] = cfg.scaling.gpus_per_worker or 1.0
+        resources["GPU"] = cfg.scaling.worker_gpus
     return resources
 
 

@@ -132,8 +132,14 @@ def baseline_key(study: Study) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def start_label(study: Study) -> str:
+    """What the runs start from, in words: 'random-init' or 'init-checkpoint'."""
+    return "init-checkpoint" if study.base.model.init_checkpoint else "random-init"
+
+
 def random_init_baseline(study: Study, folder: Path) -> dict[str, float]:
-    """The probe on a randomly initialised backbone: what self-supervision must beat.
+    """The evaluation of the backbone the study's runs start from (harness/backbone_eval.py
+    `evaluate_start`: random init, or the init checkpoint): what self-supervision must beat.
 
     Kept in the study folder under `baseline_key`, so a resumed or resubmitted study does not
     measure it again, and a changed data, model or eval config does."""
@@ -142,15 +148,9 @@ def random_init_baseline(study: Study, folder: Path) -> dict[str, float]:
     key = baseline_key(study)
     if key in known:
         return known[key]
-    import torch
+    from harness.backbone_eval import evaluate_start
 
-    from cmd_model.backbone import build_backbone
-    from harness.backbone_eval import evaluate_backbone
-
-    torch.manual_seed(study.base.run.seed)
-    backbone = build_backbone(study.base.model)
-    result = evaluate_backbone(backbone, study.base.data, study.base.eval, torch.device("cpu"),
-                               seed=study.base.run.seed)
+    result = evaluate_start(study.base)
     folder.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({**known, key: result}, indent=2))
     return result
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     baseline = {} if args.no_baseline else random_init_baseline(study, folder)
     if baseline:
         shown = " ".join(f"{k} {baseline[k]:.4f}" for k in (study.metric, "knn_top1") if k in baseline)
-        print(f"[study] random-init backbone: {shown}", flush=True)
+        print(f"[study] {start_label(study)} backbone: {shown}", flush=True)
 
     import ray
 
@@ -221,13 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     tuner.fit()
 
     trials, curves = collect(study, uri)
-    best = write_results(study, trials, curves, folder)
-    if best and (baseline or inherited):  # no best when every trial errored
-        if baseline:
-            best["random_init"] = baseline
-        if inherited:
-            best["inherited"] = {"from": inherited.source, "trials": len(inherited.trials)}
-        (folder / "best.json").write_text(json.dumps(best, indent=2))
+    extra = {"random_init": baseline} if baseline else {}
+    if inherited:
+        extra["inherited"] = {"from": inherited.source, "trials": len(inherited.trials)}
+    best = write_results(study, trials, curves, folder, extra)
     write_plots(study, trials, curves, folder)
     print("\n" + summary_table(trials, study.metric, [d.key for d in study.space], study.mode))
     for _, row in trials[trials["status"] == "ERROR"].iterrows():
@@ -235,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     if best:
         line = f"\n[study] {describe_best(best)}"
         if baseline:
-            line += f"; random-init backbone {baseline[study.metric]:.4f}"
+            line += f"; {start_label(study)} backbone {baseline[study.metric]:.4f}"
         print(line)
         if close_call(best):
             print(f"[study] {close_call(best)}")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
-from typing import get_args
 
 import torch
 import torch.nn.functional as F
@@ -20,14 +19,13 @@ from torch import Tensor
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from .config import CropConfig, Photometric
+from .config import CropConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RATIO = (3 / 4, 4 / 3)
 JITTER = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue (DINO / EsViT)
 BLUR_SIGMA = (0.1, 2.0)  # DINO GaussianBlur radius range
-PHOTOMETRIC_MODES = get_args(Photometric)
 _GRAY = (0.2989, 0.587, 0.114)  # torchvision rgb_to_grayscale weights
 
 
@@ -289,8 +287,6 @@ def to_model_input(views: list[Tensor], cfg: CropConfig, device: torch.device | 
     With cfg.photometric == "step" the recipe runs here (on the accelerator when `device` is
     one); `generator` defaults to a fresh one on `device` seeded from torch's global RNG.
     """
-    if cfg.photometric not in PHOTOMETRIC_MODES:
-        raise ValueError(f"crops.photometric must be one of {PHOTOMETRIC_MODES}, got {cfg.photometric!r}")
     dev = torch.device(device)
     out = [v.to(dev, non_blocking=True) for v in views]
     if cfg.photometric == "step":

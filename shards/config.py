@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from annotated_types import Ge, Gt, Interval
 
 # "loader": photometric aug per batch in the DataLoader worker; "step": inside the train step
 # (on the accelerator); "none": geometric crops only.
 Photometric = Literal["loader", "step", "none"]
+PHOTOMETRIC_MODES = get_args(Photometric)
 
 
 @dataclass
@@ -33,6 +34,13 @@ class CropConfig:
     solarize_p: Annotated[float, Interval(ge=0, le=1)] = 0.2  # global 2 only
     eval_size: Annotated[int, Gt(0)] = 64  # center-crop size for probe / kNN features
     eval_resize: Annotated[int, Gt(0)] = 73  # resize shorter side before the center crop (256/224 ratio)
+
+    def __post_init__(self) -> None:
+        # The harness checks every field with the config file's name (harness/config.py); this one
+        # check also holds for a CropConfig made in code, since an unknown mode would silently skip
+        # the photometric recipe.
+        if self.photometric not in PHOTOMETRIC_MODES:
+            raise ValueError(f"crops.photometric must be one of {PHOTOMETRIC_MODES}, got {self.photometric!r}")
 
 
 @dataclass

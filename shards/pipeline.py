@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .augment import PHOTOMETRIC_MODES, eval_view, multicrop, normalize, photometric
+from .augment import eval_view, multicrop, normalize, photometric
 from .config import CropConfig, DataConfig
 from .decode import UndecodableImage, decode_image
 from .errors import ShardIntegrityError, ShardReadError
@@ -58,8 +58,6 @@ def steps_per_epoch(data: DataConfig, world_size: int, manifest: Manifest | None
 
 
 def _check(data: DataConfig, world_size: int, rank: int) -> None:
-    if data.crops.photometric not in PHOTOMETRIC_MODES:
-        raise ValueError(f"crops.photometric must be one of {PHOTOMETRIC_MODES}, got {data.crops.photometric!r}")
     if data.batch_size < 1 or data.num_workers < 0:
         raise ValueError(f"batch_size must be >= 1 and num_workers >= 0 (got {data.batch_size}, {data.num_workers})")
     if not 0 <= rank < world_size:

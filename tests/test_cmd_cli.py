@@ -7,6 +7,7 @@ import torch
 from cmd_model.config import LossConfig, OptimConfig
 from cmd_model.engine import CMDEngine
 from cmd_model.heatmap import save_heatmaps, token_weights
+from shards.augment import IMAGENET_MEAN, IMAGENET_STD
 from tests.tiny_models import tiny_vit_config
 
 torch.set_num_threads(2)
@@ -28,5 +29,5 @@ def test_heatmap_png(tmp_path, pooling):
     assert ("attention" in what) == (pooling == "attention")
     if pooling == "attention":
         torch.testing.assert_close(w, e.teacher.mil(e.teacher([images]).tokens[0]))
-    out = save_heatmaps(e, images, tmp_path / "maps" / "heat.png")
+    out = save_heatmaps(e, images, tmp_path / "maps" / "heat.png", IMAGENET_MEAN, IMAGENET_STD)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -6,7 +6,7 @@ import torch
 
 from cmd_model.config import LossConfig, OptimConfig
 from cmd_model.engine import CMDEngine
-from cmd_model.init_checkpoint import checkpoint_exists
+from harness.remote_files import file_exists, read_checkpoint
 from tests.official_layout import esvit_checkpoint
 from tests.tiny_models import tiny_swin_config, tiny_vit_config
 
@@ -14,8 +14,10 @@ torch.set_num_threads(2)
 
 
 def _engine(model_cfg, loss_cfg=None) -> CMDEngine:
+    """As the harness's train loop builds it: init checkpoints read by the harness's reader (a
+    path, a file:// URL or a bucket URI)."""
     return CMDEngine(model_cfg, loss_cfg or LossConfig(), OptimConfig(epochs=1, warmup_epochs=0),
-                     steps_per_epoch=1, global_batch=2)
+                     steps_per_epoch=1, global_batch=2, read_checkpoint=read_checkpoint)
 
 
 def _distinct_pair() -> CMDEngine:
@@ -63,7 +65,7 @@ def test_mismatched_checkpoint_lists_missing_and_unexpected_keys(tmp_path):
     assert "centers: missing keys ['dino_loss.center_region']" in msg
     with pytest.raises(FileNotFoundError, match="no file at"):
         _engine(tiny_swin_config(init_checkpoint=str(tmp_path / "none.pth")))
-    assert checkpoint_exists((tmp_path / "bad.pth").as_uri()) and not checkpoint_exists(str(tmp_path / "none.pth"))
+    assert file_exists((tmp_path / "bad.pth").as_uri()) and not file_exists(str(tmp_path / "none.pth"))
 
 
 def test_harness_checkpoint_and_plain_backbone(tmp_path):
