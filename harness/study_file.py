@@ -1,5 +1,6 @@
 """Study files: a base training config, a search space, and how to search it.
 
+    extends: path/to/study.yaml  # optional: a study this one overrides, section by section
     base: {...} | path/to/config.yaml
     space:                       # dotted training-config key -> distribution
       loss.mil_weight: {type: uniform, low: 0.1, high: 2.0}
@@ -37,6 +38,7 @@ from harness.config import (
     base_section,
     build_config,
     coerce,
+    deep_merge,
     field_paths,
     get_dotted,
     plain_type,
@@ -49,7 +51,7 @@ from harness.objective import EPOCH_METRICS, LABELLED_METRICS, rung_epochs, unpr
 
 Mode = Literal["max", "min"]  # whether the study maximises or minimises `metric`
 STUDY_FILE = "study.yaml"  # the resolved study, saved in its run folder for reports and resumes
-_TOP_KEYS = {"base", "space", "points_to_evaluate", "metric", "mode", "search", "scheduler",
+_TOP_KEYS = {"extends", "base", "space", "points_to_evaluate", "metric", "mode", "search", "scheduler",
              "confirm", "scaling", "name", "storage", "trackers"}
 _DIST_KEYS = {"uniform": {"low", "high"}, "loguniform": {"low", "high"}, "int": {"low", "high"},
               "choice": {"values"}}
@@ -225,10 +227,32 @@ def _check_metrics(metric: str, scheduler: SchedulerSettings, base: TrainConfig,
                               "(e.g. metric: rankme)")
 
 
+def read_study_file(source: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A study file's mapping, laid over the study it `extends` (deep-merged: a section it gives
+    replaces that section's keys one by one; a list, such as points_to_evaluate, is replaced whole).
+    A base given by path (or by its own `extends`) stays relative to the file that names it."""
+    data = read_yaml(source)
+    if "extends" not in data:
+        return data
+    ref = data["extends"]
+    if not isinstance(ref, str):
+        raise ConfigError(f"{source}: 'extends' must be the path of a study file, got {ref!r}")
+    parent_path = (source.parent / ref).resolve()
+    if parent_path in seen:
+        raise ConfigError(f"{source}: 'extends' = {ref} leads back to {parent_path}")
+    parent = read_study_file(parent_path, (*seen, source.resolve()))
+    base = parent.get("base")
+    if isinstance(base, str):
+        parent["base"] = str(parent_path.parent / base)
+    elif isinstance(base, dict) and isinstance(base.get("extends"), str):
+        parent["base"] = {**base, "extends": str(parent_path.parent / base["extends"])}
+    return deep_merge(parent, {k: v for k, v in data.items() if k != "extends"})
+
+
 def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Study:
     """Read and check a study file; `overrides` are dotted base-config overrides from the CLI."""
     source = Path(path)
-    data = read_yaml(source)
+    data = read_study_file(source)
     unknown = sorted(set(data) - _TOP_KEYS)
     if unknown:
         raise ConfigError(f"{source}: unknown key '{unknown[0]}' (known: {', '.join(sorted(_TOP_KEYS))})")

@@ -859,10 +859,11 @@ def test_workload_identity_service_account():
 
 
 def study_scaling(path: Path) -> dict:
-    data = load(path)
-    scaling = dict((data.get("base") or {}).get("scaling") or {}) if isinstance(data.get("base"), dict) else {}
-    scaling.update(data.get("scaling") or {})
-    return scaling
+    """The study's scaling section as the harness resolves it (its `extends` and its base's)."""
+    from harness.config import to_dict
+    from harness.study_file import load_study
+
+    return to_dict(load_study(path).base)["scaling"]
 
 
 def worker_bundle(scaling: dict) -> dict[str, float]:

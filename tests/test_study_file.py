@@ -145,3 +145,26 @@ def test_dataset_studies_confirm_their_top_three_with_two_more_seeds():
     for name in ("cub", "cars", "aircraft"):
         confirm = load_study(ROOT / "tune_spaces" / f"{name}.yaml").confirm
         assert (confirm.top_k, confirm.seeds) == (3, 2), name
+
+
+def test_dataset_studies_hold_only_what_differs_from_their_shared_study(tmp_path):
+    """cub, cars and aircraft extend recipes/paper_study.yaml: the same space, search and scaling,
+    their own name and shards; a study can extend one in another folder, and a loop is refused."""
+    shared = load_study(ROOT / "tune_spaces" / "recipes" / "paper_study.yaml")
+    for name in ("cub", "cars", "aircraft"):
+        study = load_study(ROOT / "tune_spaces" / f"{name}.yaml")
+        assert study.name == name and study.base.data.shards == f"data/{name}"
+        assert [(d.key, d.type, d.low, d.high, d.values) for d in study.space] == \
+            [(d.key, d.type, d.low, d.high, d.values) for d in shared.space]
+        assert study.points == shared.points and study.search == shared.search
+        assert study.base.scaling == shared.base.scaling and study.base.model == shared.base.model
+    elsewhere = tmp_path / "mine.yaml"
+    elsewhere.write_text(yaml.safe_dump({"extends": str(ROOT / "tune_spaces" / "cub.yaml"), "name": "mine",
+                                         "search": {"num_samples": 4}}))
+    mine = load_study(elsewhere)
+    assert mine.search.num_samples == 4 and mine.search.max_concurrent == shared.search.max_concurrent
+    assert mine.base.data.shards == "data/cub" and mine.base.optim.lr == shared.base.optim.lr
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="leads back"):
+        load_study(tmp_path / "a.yaml")
