@@ -39,6 +39,9 @@ ROOT = Path(__file__).resolve().parent.parent
 TABLE = ROOT / "bench" / "data" / "demo_curves_v2.parquet"
 TABLE_V1 = ROOT / "bench" / "data" / "demo_curves.parquet"  # 32 configs x 1 seed, probe and loss (superseded)
 SEED_KEY = "run.seed"
+# Tune's own bookkeeping in each result, not measurements (the config is kept once, by its keys)
+TUNE_COLUMNS = ("training_iteration", "timestamp", "pid", "time_this_iter_s", "time_total_s",
+                "time_since_restore", "iterations_since_restore", "done")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -122,8 +125,8 @@ def write_table(study, configs: list[dict[str, Any]], seeds: int, uris: list[str
             frame = done.get(tuple({**config, SEED_KEY: seed}[k] for k in keys))
             if frame is None:
                 continue
-            numeric = frame.select_dtypes("number").drop(columns=["training_iteration", "timestamp", "pid"],
-                                                         errors="ignore")
+            numeric = frame.select_dtypes("number")
+            numeric = numeric[[c for c in numeric if c not in TUNE_COLUMNS and not c.startswith("config/")]]
             numeric = numeric.assign(config_id=config_id, seed=seed, **config)
             frames.append(numeric)
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

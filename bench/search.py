@@ -47,7 +47,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bench.record_curves import ROOT, TABLE  # noqa: E402  the table that script writes
-from harness.objective import CONFIRM_OF, rank_configs, rung_epochs  # noqa: E402
+from harness.objective import CONFIRM_OF, EPOCH_METRICS, rank_configs, rung_epochs  # noqa: E402
 from harness.study_file import Dist, Study, load_study  # noqa: E402
 
 BUDGET_FRACTIONS = (0.25, 0.5, 1.0)
@@ -333,8 +333,8 @@ def report_signals(table: Table) -> None:
     """Rank correlation of every recorded signal at epochs 1-5 with the seed-mean final probe."""
     from scipy.stats import spearmanr
 
-    fixed = ("config_id", "seed", "epoch", *[d.key for d in table.dists])
-    signals = [c for c in table.frame.columns if c not in fixed and table.frame[c].nunique() > 1]
+    # the metrics a study can select on or compare at ASHA's rungs (harness/objective.py)
+    signals = [c for c in EPOCH_METRICS if c in table.frame and table.frame[c].nunique() > 1]
     rng = np.random.default_rng(0)
     rows = []
     for signal in signals:
