@@ -105,11 +105,11 @@ def _trackers(study: Study, local_dir: Path) -> list[Any]:
             experiment_name=study.name, save_artifact=False))
     wandb = study.trackers.get("wandb")
     if wandb:
-        from ray.air.integrations.wandb import WandbLoggerCallback
+        from harness.wandb_tracker import WandbTracker
 
         opts = wandb if isinstance(wandb, dict) else {}
-        callbacks.append(WandbLoggerCallback(project=opts.get("project", study.name),
-                                             mode=opts.get("mode", "offline")))
+        callbacks.append(WandbTracker(project=opts.get("project", study.name), mode=opts.get("mode", "offline"),
+                                       folder=local_dir))
     return callbacks
 
 
