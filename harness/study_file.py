@@ -16,6 +16,9 @@
                 rung_metric: null, rung_mode: null}   # null: ASHA compares `metric` the study's way
     confirm: {top_k: 3, seeds: 2}  # then train the top 3 configs with 2 more seeds; best = best mean
     scaling: {...}               # overrides base.scaling: workers, GPUs, CPUs per trial
+    trackers:                    # optional, besides TensorBoard (always on): one run per trial
+      mlflow: {tracking_uri: null}             # null: mlflow.db in the study folder; `true` = defaults
+      wandb: {project: null, mode: offline}    # null: the study's name; offline needs no account
 
 Everything is checked here, before Ray starts, and each error names the key and the file; a
 study whose ASHA rung epochs would carry no probe (eval.probe_every) is refused.
@@ -128,6 +131,27 @@ class ConfirmSettings:
 
 
 @dataclass
+class MLflowSettings:
+    tracking_uri: str | None = None  # None: an SQLite store, mlflow.db in the study folder
+
+
+@dataclass
+class WandbSettings:
+    project: str | None = None  # None: the study's name
+    # offline: runs in <study folder>/wandb, no account (`wandb sync` uploads them); online: `wandb login` first
+    mode: Literal["offline", "online", "disabled"] = "offline"
+
+
+@dataclass
+class TrackerSettings:
+    """Experiment trackers (harness/tuner.py `_trackers`); None: off. In a study file, `true` turns
+    one on with its defaults."""
+
+    mlflow: MLflowSettings | None = None
+    wandb: WandbSettings | None = None
+
+
+@dataclass
 class Study:
     """A validated study file."""
 
@@ -142,7 +166,7 @@ class Study:
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     confirm: ConfirmSettings = field(default_factory=ConfirmSettings)
     storage: str = "runs"
-    trackers: dict[str, Any] = field(default_factory=dict)
+    trackers: TrackerSettings = field(default_factory=TrackerSettings)
 
     @property
     def base_dict(self) -> dict[str, Any]:
@@ -165,7 +189,7 @@ class Study:
                 "search": dataclasses.asdict(self.search),
                 "scheduler": dataclasses.asdict(self.scheduler),
                 "confirm": dataclasses.asdict(self.confirm),
-                "storage": self.storage, "trackers": self.trackers}
+                "storage": self.storage, "trackers": dataclasses.asdict(self.trackers)}
         folder.mkdir(parents=True, exist_ok=True)
         (folder / STUDY_FILE).write_text(yaml.safe_dump(data, sort_keys=False))
         return folder / STUDY_FILE
@@ -177,6 +201,13 @@ class Study:
 
 def _settings(cls: type, values: Any, key: str, source: Path) -> Any:
     return cls() if values is None else coerce(values, cls, key, str(source))
+
+
+def _trackers(values: Any, source: Path) -> TrackerSettings:
+    """The `trackers` section; `name: true` is the tracker with its defaults, false or null leaves it off."""
+    if isinstance(values, dict):
+        values = {name: {} if on is True else None if on is False else on for name, on in values.items()}
+    return _settings(TrackerSettings, values, "trackers", source)
 
 
 def _parse_dist(key: str, spec: Any, source: Path) -> Dist:
@@ -313,4 +344,4 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
                  points=[dict(p) for p in points], metric=metric, mode=mode, search=search, scheduler=scheduler,
                  confirm=confirm,
                  storage=str(data.get("storage") or base.run.storage),
-                 trackers=dict(data.get("trackers") or {}))
+                 trackers=_trackers(data.get("trackers"), source))

@@ -95,21 +95,18 @@ def tune_config(study: Study, study_uri: str, local_dir: Path | None = None,
 def _trackers(study: Study, local_dir: Path) -> list[Any]:
     """Opt-in experiment trackers through Ray's own logger callbacks (TensorBoard is Tune's default)."""
     callbacks: list[Any] = []
-    mlflow = study.trackers.get("mlflow")
+    mlflow = study.trackers.mlflow
     if mlflow:
         from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-        uri = mlflow.get("tracking_uri") if isinstance(mlflow, dict) else None
         callbacks.append(MLflowLoggerCallback(
-            tracking_uri=uri or f"sqlite:///{(local_dir / 'mlflow.db').resolve()}",
+            tracking_uri=mlflow.tracking_uri or f"sqlite:///{(local_dir / 'mlflow.db').resolve()}",
             experiment_name=study.name, save_artifact=False))
-    wandb = study.trackers.get("wandb")
+    wandb = study.trackers.wandb
     if wandb:
-        from ray.air.integrations.wandb import WandbLoggerCallback
+        from harness.wandb_tracker import WandbTracker
 
-        opts = wandb if isinstance(wandb, dict) else {}
-        callbacks.append(WandbLoggerCallback(project=opts.get("project", study.name),
-                                             mode=opts.get("mode", "offline")))
+        callbacks.append(WandbTracker(project=wandb.project or study.name, mode=wandb.mode, folder=local_dir))
     return callbacks
 
 

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from harness.config import ConfigError, field_paths, get_dotted, parse_overrides
-from harness.study_file import load_study
+from harness.study_file import MLflowSettings, TrackerSettings, WandbSettings, load_study
 
 ROOT = Path(__file__).resolve().parent.parent
 SPACES = sorted((ROOT / "tune_spaces").glob("*.yaml"))
@@ -73,6 +73,11 @@ def test_shipped_spaces_load_and_a_trial_is_the_base_with_its_values(space):
      "space 'loss.mil_pooling' can sample 'attention', which is invalid"),
     ({"scheduler": {"type": "asha", "max_t": 2, "grace_period": 3, "reduction_factor": 2}},
      "grace_period <= max_t"),
+    ({"trackers": {"wandbb": {"mode": "offline"}}}, "unknown key 'trackers.wandbb' (known under 'trackers.': mlflow"),
+    ({"trackers": {"wandb": {"mode": "offlne"}}},
+     "'trackers.wandb.mode' must be one of ['offline', 'online', 'disabled'], got 'offlne'"),
+    ({"trackers": {"mlflow": {"uri": "sqlite:///m.db"}}}, "unknown key 'trackers.mlflow.uri'"),
+    ({"trackers": {"mlflow": "yes"}}, "'trackers.mlflow' must be a mapping"),
 ])
 def test_bad_space_errors_name_key_and_file(tmp_path, change, message):
     path = study_file(tmp_path, **change)
@@ -80,6 +85,16 @@ def test_bad_space_errors_name_key_and_file(tmp_path, change, message):
         load_study(path)
     assert message in str(err.value)
     assert str(path) in str(err.value)
+
+
+def test_trackers_are_off_unless_named_and_survive_the_saved_study(tmp_path):
+    assert load_study(study_file(tmp_path)).trackers == TrackerSettings()
+    study = load_study(study_file(tmp_path, trackers={"mlflow": True, "wandb": {"project": "birds"}}))
+    assert study.trackers == TrackerSettings(mlflow=MLflowSettings(), wandb=WandbSettings(project="birds"))
+    assert study.trackers.wandb.mode == "offline"
+    assert load_study(study.save(tmp_path / "run")).trackers == study.trackers
+    off = load_study(study_file(tmp_path, trackers={"mlflow": False, "wandb": {"mode": "disabled"}})).trackers
+    assert off.mlflow is None and off.wandb == WandbSettings(mode="disabled")
 
 
 def test_int_bounds_are_inclusive(tmp_path):

@@ -14,38 +14,7 @@ from harness.study_file import load_study
 from harness.study_storage import load_trials_study
 from harness.tuner import tune_config
 from harness.warm_start import INHERITED, inherit
-from tests.tiny import write_tiny_study
-
-# (mil_weight, local_crops, teacher_temp, final value or None for an errored trial)
-EARLIER = [(0.2, 1, 0.07, 0.50), (0.8, 2, 0.07, 0.60), (1.9, 2, 0.07, 0.70), (0.5, 1, 0.05, 0.40),
-           (0.6, 2, 0.07, None), (0.9, 1, 0.07, 0.30)]
-
-
-def earlier_study(tmp_path: Path) -> Path:
-    """A finished study folder: its study.yaml and the journal its searcher wrote."""
-    space = write_tiny_study(
-        tmp_path / "earlier.yaml", tmp_path / "no-shards", tmp_path / "runs", max_t=2,
-        space={"loss.mil_weight": {"type": "uniform", "low": 0.1, "high": 2.0},
-               "data.crops.local_crops": {"type": "int", "low": 1, "high": 2},
-               "loss.teacher_temp": {"type": "uniform", "low": 0.04, "high": 0.08}},
-        points_to_evaluate=[{"loss.mil_weight": w, "data.crops.local_crops": n, "loss.teacher_temp": t}
-                            for w, n, t, _ in EARLIER],
-        search={"sampler": "random", "num_samples": len(EARLIER), "max_concurrent": 10, "seed": 0})
-    study = load_study(space)
-    folder = tmp_path / "runs" / "earlier"
-    study.save(folder)
-    searcher = tune_config(study, str(folder)).search_alg
-    for i in range(len(EARLIER)):
-        searcher.suggest(f"e{i}")
-    for i, (_, _, _, value) in enumerate(EARLIER):
-        if value is None:
-            searcher.on_trial_complete(f"e{i}", error=True)
-        elif i == 5:  # stopped at epoch 1 by ASHA
-            searcher.on_trial_complete(f"e{i}", {"epoch": 1, "probe_top1": value})
-        else:
-            searcher.on_trial_result(f"e{i}", {"epoch": 1, "probe_top1": value - 0.1})
-            searcher.on_trial_complete(f"e{i}", {"epoch": 2, "probe_top1": value})
-    return folder
+from tests.tiny import finished_study, write_tiny_study
 
 
 def new_study(tmp_path: Path, **extra):
@@ -58,7 +27,7 @@ def new_study(tmp_path: Path, **extra):
 
 
 def test_warm_start_inherits_exactly_the_compatible_trials(tmp_path):
-    folder = earlier_study(tmp_path)
+    folder = finished_study(tmp_path)
     study = new_study(tmp_path)
     warm = inherit(str(folder), study)
     kept = sorted((t.params["loss.mil_weight"], t.state, t.value) for t in warm.trials)
@@ -83,7 +52,7 @@ def test_warm_start_inherits_exactly_the_compatible_trials(tmp_path):
 
 
 def test_a_study_with_another_budget_inherits_pruned_values(tmp_path):
-    folder = earlier_study(tmp_path)
+    folder = finished_study(tmp_path)
     warm = inherit(str(folder), new_study(tmp_path, scheduler={"type": "asha", "max_t": 1, "grace_period": 1,
                                                                "reduction_factor": 2}))
     assert {t.state for t in warm.trials} == {TrialState.PRUNED}
@@ -98,7 +67,7 @@ def test_a_study_with_another_budget_inherits_pruned_values(tmp_path):
 def test_an_incompatible_study_is_refused_before_ray(tmp_path, capsys, no_ray, change, message):
     from harness import tune as tune_cli
 
-    folder = earlier_study(tmp_path)
+    folder = finished_study(tmp_path)
     space = write_tiny_study(tmp_path / "new.yaml", tmp_path / "no-shards", tmp_path / "runs", max_t=2)
     data = yaml.safe_load(space.read_text())
     data.update(change)

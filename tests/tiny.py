@@ -36,3 +36,40 @@ def write_tiny_study(path: Path, shards: Path, storage: Path, num_samples: int =
     }
     path.write_text(yaml.safe_dump(study, sort_keys=False))
     return path
+
+
+# A finished study's trials: (mil_weight, local_crops, teacher_temp, final value or None for an errored
+# trial); the last one was stopped at epoch 1 (PRUNED), the others that did not error ran both epochs.
+FINISHED = [(0.2, 1, 0.07, 0.50), (0.8, 2, 0.07, 0.60), (1.9, 2, 0.07, 0.70), (0.5, 1, 0.05, 0.40),
+            (0.6, 2, 0.07, None), (0.9, 1, 0.07, 0.30)]
+
+
+def finished_study(tmp_path: Path, name: str = "earlier") -> Path:
+    """A finished study folder without Ray: its study.yaml and the Optuna journal its searcher wrote
+    when told the FINISHED trials as Tune would tell them."""
+    from harness.study_file import load_study
+    from harness.tuner import tune_config
+
+    space = write_tiny_study(
+        tmp_path / f"{name}.yaml", tmp_path / "no-shards", tmp_path / "runs", max_t=2,
+        space={"loss.mil_weight": {"type": "uniform", "low": 0.1, "high": 2.0},
+               "data.crops.local_crops": {"type": "int", "low": 1, "high": 2},
+               "loss.teacher_temp": {"type": "uniform", "low": 0.04, "high": 0.08}},
+        points_to_evaluate=[{"loss.mil_weight": w, "data.crops.local_crops": n, "loss.teacher_temp": t}
+                            for w, n, t, _ in FINISHED],
+        search={"sampler": "random", "num_samples": len(FINISHED), "max_concurrent": 10, "seed": 0})
+    study = load_study(space)
+    folder = tmp_path / "runs" / name
+    study.save(folder)
+    searcher = tune_config(study, str(folder)).search_alg
+    for i in range(len(FINISHED)):
+        searcher.suggest(f"e{i}")
+    for i, (_, _, _, value) in enumerate(FINISHED):
+        if value is None:
+            searcher.on_trial_complete(f"e{i}", error=True)
+        elif i == len(FINISHED) - 1:  # stopped at epoch 1 by ASHA
+            searcher.on_trial_complete(f"e{i}", {"epoch": 1, "probe_top1": value})
+        else:
+            searcher.on_trial_result(f"e{i}", {"epoch": 1, "probe_top1": value - 0.1})
+            searcher.on_trial_complete(f"e{i}", {"epoch": 2, "probe_top1": value})
+    return folder
