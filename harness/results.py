@@ -89,8 +89,7 @@ def collect(study: Study, study_dir: str | Path) -> tuple[pd.DataFrame, pd.DataF
                            "time_total_s": r.get("time_total_s"),
                            "stop_reason": row["stop_reason"]})
     trials = pd.DataFrame(rows)
-    if len(trials):  # on a tie the trial that finished first ranks first, as in Optuna's best_trial
-        trials = trials.sort_values("finished_at", kind="stable")
+    if len(trials):  # rows in creation order: on a tie the earlier trial ranks first, as Optuna's best_trial
         trials = rank_trials(trials, metric, study.mode, study.scheduler.max_t).reset_index(drop=True)
         configs = rank_configs(trials, metric, study.mode, study.scheduler.max_t).set_index("config_of")
         of = trials[CONFIRM_OF].where(trials[CONFIRM_OF] != "", trials["trial_id"])
