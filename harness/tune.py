@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.warm_start:
         print("[study] --warm-start ignored: the study exists already (its inherited trials are kept)", flush=True)
     print(f"[study] watch it: optuna-dashboard {storage_location(study.search.storage, folder)} "
-          "(pip install optuna-dashboard)", flush=True)
+          "(the dashboard extra: pip install -e '.[dashboard]')", flush=True)
 
     baseline = {} if args.no_baseline else random_init_baseline(study, folder)
     if baseline:
