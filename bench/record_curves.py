@@ -109,8 +109,7 @@ def finished_runs(uris: list[str], keys: list[str], max_t: int) -> dict[tuple, p
     return done
 
 
-def write_table(study, configs: list[dict[str, Any]], seeds: int, uris: list[str], out: Path,
-                started: float) -> tuple[int, int]:
+def write_table(study, configs: list[dict[str, Any]], seeds: int, uris: list[str], out: Path) -> tuple[int, int]:
     """One row per (config_id, seed, epoch) of every finished run, every numeric metric kept;
     returns (runs, configs with every seed)."""
     import pyarrow as pa
@@ -139,8 +138,7 @@ def write_table(study, configs: list[dict[str, Any]], seeds: int, uris: list[str
             "space": str(study.path.relative_to(ROOT)) if study.path.is_relative_to(ROOT) else str(study.path),
             "metric": study.metric, "split": study.base.data.val_split, "seeds": str(seeds),
             "params": json.dumps(params), "base_point": json.dumps(base), "base_config_id": "0",
-            "base": json.dumps(study.base_dict), "max_t": str(study.scheduler.max_t),
-            "wall_s": f"{time.time() - started:.0f}"}
+            "base": json.dumps(study.base_dict), "max_t": str(study.scheduler.max_t)}
     arrow = pa.Table.from_pandas(table, preserve_index=False)
     arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), **{k: v.encode() for k, v in meta.items()}})
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -166,7 +164,6 @@ def main(argv: list[str] | None = None) -> int:
     study.scheduler.type = "none"
     base_uri = str(Path(args.storage).resolve() / f"{study.name}-curves-v2")
     uris = parts(base_uri)
-    started = time.time()
     if not args.table_only:
         keys = [*(d.key for d in study.space), SEED_KEY]
         finished = finished_runs(uris, keys, study.scheduler.max_t) if uris else {}
@@ -183,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             connect(log_to_driver=False)
             build_tuner(study, uri, Path(uri)).fit()
         uris = parts(base_uri)
-    runs, whole = write_table(study, configs, args.seeds, uris, Path(args.out), started)
+    runs, whole = write_table(study, configs, args.seeds, uris, Path(args.out))
     print(f"[curves] {runs} finished runs, {whole} configs with all {args.seeds} seeds -> {args.out}", flush=True)
     return 0 if whole >= args.configs or args.table_only else 1
 
