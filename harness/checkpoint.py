@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from harness.config import ConfigError, shown
+from harness.disk_full import naming_full_disk
 
 if TYPE_CHECKING:
     import ray.train
@@ -116,12 +117,13 @@ def detached_copy(tree: Any) -> Any:
 
 def save_checkpoint(folder: Path, state: dict[str, Any]) -> Path:
     """Write `state` into `folder/state.pt` (folder created), then commit it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / STATE_FILE, "wb") as file:
-        writer = _HashingWriter(file)
-        torch.save(state, writer)
-    commit = {"file": STATE_FILE, "bytes": writer.size, "sha256": writer.sha256.hexdigest()}
-    (folder / COMMIT_FILE).write_text(json.dumps(commit))
+    with naming_full_disk(f"checkpoint {folder}"):
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / STATE_FILE, "wb") as file:
+            writer = _HashingWriter(file)
+            torch.save(state, writer)
+        commit = {"file": STATE_FILE, "bytes": writer.size, "sha256": writer.sha256.hexdigest()}
+        (folder / COMMIT_FILE).write_text(json.dumps(commit))
     return folder
 
 

@@ -49,18 +49,25 @@ def show_events() -> None:
 PRINT_PATCH_ENV = "RAY_TRAIN_ENABLE_PRINT_PATCH"
 
 
-class HideReportDicts(WorkerCallback):
-    """On each Train worker: no INFO line with the whole metrics dict of every report.
+class QuietWorkerLogs(WorkerCallback):
+    """On each Train worker: no INFO line with the whole metrics dict of every report, and no
+    second copy of a worker's error.
 
     Ray 2.60 logs "Reporting training result ... metrics={...}" under a logger named by its
     file path (ray/train/v2/_internal/execution/context.py), which `ray.train.LoggingConfig`'s
     level does not reach (it filters `ray.train.*` names), while Train sets the worker's root
-    logger to INFO with a console handler."""
+    logger to INFO with a console handler. The same file and ray/train/v2/_internal/util.py log
+    the traceback of every error raised in the training function or in a checkpoint upload, and
+    Train hands that error to the driver as well (`WorkerGroupError`), where the command either
+    says it in one line (a full disk, harness/disk_full.py) or raises it with the traceback."""
 
     def after_init_train_context(self) -> None:
+        from ray.train.v2._internal import util
         from ray.train.v2._internal.execution import context
 
         context.logger.setLevel(logging.WARNING)
+        context.logger.addFilter(lambda record: record.levelno < logging.ERROR)
+        util.logger.addFilter(lambda record: record.levelno < logging.ERROR)
 
 
 def quiet_train_console(verbose: bool) -> list[Any]:
@@ -71,7 +78,7 @@ def quiet_train_console(verbose: bool) -> list[Any]:
     root logger as well as to the worker's stdout, and both streams are forwarded here. Ray's
     per-report lines arrive only when `verbose`."""
     os.environ.setdefault(PRINT_PATCH_ENV, "0")
-    return [] if verbose else [HideReportDicts()]
+    return [] if verbose else [QuietWorkerLogs()]
 
 
 def _params(config: dict[str, Any]) -> str:

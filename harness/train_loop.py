@@ -29,6 +29,7 @@ from harness.checkpoint import (
     set_rng_state,
 )
 from harness.config import TrainConfig, build_config, to_dict
+from harness.disk_full import naming_full_disk
 from harness.gpu_check import require_usable_gpu
 from harness.objective import EVAL_METRICS, is_probed
 from harness.remote_files import read_checkpoint
@@ -154,7 +155,8 @@ def _report(metrics: dict[str, Any], state: dict[str, Any] | None, rank: int, up
     if upload == "sync":
         with tempfile.TemporaryDirectory() as tmp:
             save_checkpoint(Path(tmp), state)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                             checkpoint_upload_fn=persist_checkpoint)
         return
     snapshot, folder = detached_copy(state), Path(tempfile.mkdtemp(prefix="cmd-checkpoint-"))
 
@@ -168,9 +170,12 @@ def _report(metrics: dict[str, Any], state: dict[str, Any] | None, rank: int, up
 
 
 def persist_checkpoint(checkpoint: ray.train.Checkpoint, name: str) -> ray.train.Checkpoint:
-    """Ray Train's own upload of a local checkpoint folder into the run's storage. Its only
-    entry point is the StorageContext (a DeveloperAPI in Ray 2.60); used here alone."""
-    return ray.train.get_context().get_storage().persist_current_checkpoint(checkpoint, name)
+    """Ray Train's own upload of a local checkpoint folder into the run's storage, a full disk
+    there named in one line (harness/disk_full.py). Its only entry point is the StorageContext
+    (a DeveloperAPI in Ray 2.60); used here alone."""
+    storage = ray.train.get_context().get_storage()
+    with naming_full_disk(f"checkpoint {storage.build_checkpoint_path_from_name(name)}"):
+        return storage.persist_current_checkpoint(checkpoint, name)
 
 
 def _progress_line(epoch: int, epochs: int, metrics: dict[str, float]) -> str:

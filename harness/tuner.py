@@ -75,17 +75,18 @@ def confirm_trials(study: Study) -> int:
 
 
 def tune_config(study: Study, study_uri: str, local_dir: Path | None = None,
-                inherited: list[Any] = ()) -> tune.TuneConfig:
+                inherited: list[Any] = (), reuse_actors: bool = False) -> tune.TuneConfig:
     """How the study searches and stops: the searcher, ASHA and the objective (harness/objective.py).
 
     `local_dir` holds the study's Optuna journal (default: the study folder itself); `inherited`
-    are a warm start's trials (harness/warm_start.py), added when the study's storage is created."""
+    are a warm start's trials (harness/warm_start.py), added when the study's storage is created;
+    `reuse_actors` only for a trainable other than the trial driver (see below)."""
     return tune.TuneConfig(
         metric=study.metric, mode=study.mode,
         search_alg=_searcher(study, study_uri, local_dir or Path(study_uri), list(inherited)),
         scheduler=_scheduler(study, study_uri), num_samples=study.search.num_samples + confirm_trials(study),
-        max_concurrent_trials=study.search.max_concurrent,
-        # Not reuse_actors, although each new driver process imports torch again (through
+        max_concurrent_trials=study.search.max_concurrent, reuse_actors=reuse_actors,
+        # The trial driver never reuses actors, although each new driver process imports torch again (through
         # ray.train.torch; bench/trial_actor_start.py): a driver's thread outlives fit() by more
         # than Tune's 2-s reset wait, and Tune 2.60 then ends the next trial as ERROR ("Trainable
         # runner reuse requires reset_config() to be implemented and return True").
@@ -112,14 +113,15 @@ def _trackers(study: Study, local_dir: Path) -> list[Any]:
 
 def build_tuner(study: Study, study_uri: str, local_dir: Path, retry_errored: bool = False,
                 verbose: bool = False, callbacks: tuple[tune.Callback, ...] = (),
-                trainable: Any = None, inherited: list[Any] = ()) -> tune.Tuner:
+                trainable: Any = None, inherited: list[Any] = (), reuse_actors: bool = False) -> tune.Tuner:
     """A new Tuner, or the interrupted study restored (finished trials are kept, not re-run).
 
     `study_uri` is where Tune and Train write (a folder or an s3:// / gs:// URI shared by all
     nodes); `local_dir` holds what the driver writes itself (the Optuna journal, MLflow's default
     store); `callbacks` are Tune callbacks added to the study's own (bench/goodput.py's timestamps);
     `trainable` replaces the trial driver (a function of the trial's config: tests and benchmarks);
-    `inherited` are a warm start's trials for a new study.
+    `inherited` are a warm start's trials for a new study; `reuse_actors` runs the trials of such a
+    `trainable` in the same actors (bench/many_trials.py).
     """
     trainable = trainable or tune.with_resources(
         tune.with_parameters(trial_driver, base=study.base_dict,
@@ -136,7 +138,7 @@ def build_tuner(study: Study, study_uri: str, local_dir: Path, retry_errored: bo
     return tune.Tuner(
         trainable,
         param_space=param_space,
-        tune_config=tune_config(study, study_uri, local_dir, inherited),
+        tune_config=tune_config(study, study_uri, local_dir, inherited, reuse_actors),
         run_config=tune.RunConfig(
             name=name, storage_path=storage,
             callbacks=[TrialProgress(study.metric, study.scheduler.max_t), *_trackers(study, local_dir),

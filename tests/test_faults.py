@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +29,7 @@ import pytest
 import torch
 import yaml
 
+from harness.checkpoint import damage
 from tests.ray_head import BIN, free_port, stop_private_ray
 from tests.tiny import tiny_base, write_tiny_study
 
@@ -230,6 +232,76 @@ def test_truncated_latest_checkpoint_resumes_from_the_previous_one(ray_head, dem
     newest = checkpoint_folders(run_dir)[-1]
     state = torch.load(newest / "state.pt", weights_only=True)
     assert state["epoch"] == 3 and [int(h["epoch"]) for h in state["history"]] == [1, 2, 3]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 MiB tmpfs (root may mount one), unmounted afterwards."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"this test needs to mount a tmpfs, which was not permitted: {mounted.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        if subprocess.run(["umount", str(disk)], capture_output=True).returncode:
+            subprocess.run(["umount", "--lazy", str(disk)], check=True)  # a Ray process still holds a file
+
+
+def test_full_disk_stops_the_run_in_one_line_and_the_rerun_resumes(ray_head, demo_shards, small_disk, tmp_path):
+    """`run.storage` on a small disk that a ballast file fills once epoch 1's checkpoint is
+    committed: epoch 2's checkpoint does not fit. The run ends with one line naming the folder,
+    epoch 1's checkpoint stays as committed, the cut one never counts, and once the ballast is
+    gone the same command resumes at epoch 2 and finishes."""
+    config = tiny_base(demo_shards)
+    config["data"]["samples_per_epoch"] = 320  # epochs of seconds: the ballast lands before epoch 2 ends
+    config["run"] = {"storage": str(small_disk)}
+    config_file = tmp_path / "full.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    command = ["harness/train.py", "--config", str(config_file), "--name", "full"]
+    run_dir, ballast = small_disk / "full", small_disk / "ballast"
+    first: list[Path] = []
+    filled_at = [0.0]
+
+    def fill_once_epoch_1_is_committed(elapsed: float) -> None:
+        folders = checkpoint_folders(run_dir)
+        if first or not folders or damage(folders[0]) is not None:
+            return
+        assert len(folders) == 1, f"epoch 2 checkpointed before the disk was filled: {folders}"
+        first.append(folders[0])
+        room = (folders[0] / "state.pt").stat().st_size // 2  # the small files fit, a checkpoint does not
+        with open(ballast, "wb") as file:
+            os.posix_fallocate(file.fileno(), 0, shutil.disk_usage(small_disk).free - room)
+        filled_at[0] = elapsed
+
+    start = time.time()
+    returncode, output = run_watching(command, ray_head.env, tmp_path / "full.log",
+                                      fill_once_epoch_1_is_committed, limit_s=400)
+    failed_after = time.time() - start
+    assert first, f"epoch 1's checkpoint was never committed:\n{output[-3000:]}"
+    assert returncode == 1, output[-5000:]
+    said = [line for line in output.splitlines() if "space left" in line.lower()]
+    assert len(said) == 1 and re.fullmatch(
+        rf"error: no space left on device writing checkpoint {re.escape(str(run_dir))}/checkpoint_\S+: "
+        r"free space there and run the same command again to continue", said[0]), output[-5000:]
+    assert damage(first[0]) is None  # state.pt is what commit.json's size and sha256 say
+    assert torch.load(first[0] / "state.pt", weights_only=True)["epoch"] == 1
+    cut = [folder for folder in checkpoint_folders(run_dir) if folder != first[0]]
+    assert cut and all(damage(folder) for folder in cut), cut  # written in part, never counts
+
+    ballast.unlink()
+    start = time.time()
+    returncode, output = run_watching(command, ray_head.env, tmp_path / "rerun.log", lambda _: None, limit_s=400)
+    assert returncode == 0, output[-5000:]
+    assert "[train] resumed at epoch 2, step 0" in output and "is damaged" not in output, output[-3000:]
+    newest = checkpoint_folders(run_dir)[-1]
+    assert newest not in cut and damage(newest) is None
+    state = torch.load(newest / "state.pt", weights_only=True)
+    assert state["epoch"] == 2 and [int(h["epoch"]) for h in state["history"]] == [1, 2]
+    print(f"checkpoint {(first[0] / 'state.pt').stat().st_size} bytes; disk filled at {filled_at[0]:.0f} s, "
+          f"the run ended at {failed_after:.0f} s; the rerun took {time.time() - start:.0f} s")
 
 
 def preempt(cluster, node) -> None:

@@ -6,14 +6,21 @@ it needs: RAY_AUTH_MODE=token and the token (here through RAY_AUTH_TOKEN_PATH).
 """
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
+from optuna.trial import TrialState
 
-from tests.ray_head import BIN, start_head
+from harness.study_storage import load_trials_study
+from tests.ray_head import BIN, processes_mentioning, start_head
+from tests.test_study_resume import result_files, told
 from tests.tiny import write_tiny_study
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,10 +43,15 @@ def without_token(env: dict[str, str], home: Path) -> dict[str, str]:
     return {**clean, "HOME": str(home)}
 
 
+def submit_command(head, *args: str) -> list[str]:
+    """`ray job submit` of `python harness/tune.py ARGS`, waiting for the job and following its logs."""
+    return [str(BIN / "ray"), "job", "submit", "--address", head.dashboard_url,
+            "--working-dir", ".", "--", "python", "harness/tune.py", *args]
+
+
 def submit(head, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "ray"), "job", "submit", "--address", head.dashboard_url,
-                           "--working-dir", ".", "--", "python", "harness/tune.py", *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    return subprocess.run(submit_command(head, *args), cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=900)
 
 
 def test_a_client_without_the_token_is_refused(auth_head, demo_shards, tmp_path):
@@ -91,3 +103,97 @@ def test_job_writes_to_a_stable_place_and_a_second_submit_resumes(auth_head, dem
     assert f"[study] resuming {study}" in out, out[-4000:]
     assert trial_checkpoints(study) == done  # the finished trial was not run again
     assert pd.read_parquet(study / "results.parquet")["trial_id"].tolist() == frame["trial_id"].tolist()
+
+
+def ray_job(head, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "ray"), "job", *args, "--address", head.dashboard_url], cwd=ROOT,
+                          env=head.env, capture_output=True, text=True, timeout=300)
+
+
+TRIAL_ACTORS = ("ImplicitFunc", "TrainController", "RayTrainWorker")  # a trial's driver, its Train run
+
+
+def trial_processes(head) -> list[str]:
+    """Titles of the trial actors' processes (`ray::ImplicitFunc...` and so on) under the head's raylet."""
+    names = []
+    for pid in processes_mentioning(str(head.temp_dir)):
+        try:
+            raylet = psutil.Process(pid)
+            if "raylet" not in raylet.name():
+                continue
+            for child in raylet.children(recursive=True):
+                title = " ".join(child.cmdline())
+                if title.startswith("ray::") and any(actor in title for actor in TRIAL_ACTORS):
+                    names.append(title.split()[0])
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return sorted(names)
+
+
+def wait_for(condition, what: str, timeout_s: float = 300.0) -> None:
+    deadline = time.time() + timeout_s
+    while not condition():
+        assert time.time() < deadline, f"{what} did not happen within {timeout_s:.0f} s"
+        time.sleep(0.5)
+
+
+def test_stopped_job_submitted_again_keeps_finished_trials(auth_head, demo_shards, tmp_path):
+    """`ray job stop` once a trial has finished and the next one trains, then the same `ray job
+    submit`: the trial actors are gone, and the study resumes, keeps what finished, and runs no
+    trial twice (in Tune, results or Optuna)."""
+    space = write_tiny_study(tmp_path / "stop.yaml", demo_shards, Path("runs"), num_samples=3, max_t=2,
+                             name="stopped", search={"sampler": "tpe", "num_samples": 3, "max_concurrent": 1,
+                                                     "seed": 0})
+    study = Path(auth_head.env["HOME"]) / "cmd-harness" / "runs" / "stopped"
+    args = ("--space", str(space), "--no-baseline")
+    first = subprocess.Popen(submit_command(auth_head, *args), cwd=ROOT, env=auth_head.env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    job, finished, seen = None, [], []
+    deadline = time.time() + 600
+    for line in first.stdout:  # the job's id, then its log until a trial has finished
+        seen.append(line)
+        job = job or next(iter(re.findall(r"Job '(raysubmit_\w+)' submitted successfully", line)), None)
+        finished += re.findall(r"\] (\w+) (?:completed|stopped early)", line)
+        if finished or time.time() > deadline:
+            break
+    assert job and finished, "".join(seen)[-4000:]
+    wait_for(lambda: "RayTrainWorker" in " ".join(trial_processes(auth_head)), "the next trial's Train run")
+    before = result_files(study)
+    told_before = told(load_trials_study(study))
+    running = trial_processes(auth_head)
+
+    start = time.time()
+    stopped = ray_job(auth_head, "stop", job)
+    stop_s = time.time() - start
+    assert stopped.returncode == 0, stopped.stdout[-2000:] + stopped.stderr[-2000:]
+    status = ray_job(auth_head, "status", job)
+    assert f"Job '{job}' was stopped" in status.stdout + status.stderr, status.stdout + status.stderr  # STOPPED
+    left = trial_processes(auth_head)
+    first.stdout.close()
+    first.wait(timeout=60)
+    # Ray ends a stopped job's actors with its driver; none may race the resumed study.
+    wait_for(lambda: not trial_processes(auth_head), "the end of the stopped job's trial actors", 60)
+    gone_s = time.time() - start
+
+    second = submit(auth_head, auth_head.env, *args)
+    out = second.stdout + second.stderr
+    assert second.returncode == 0 and "succeeded" in out.lower(), out[-4000:]
+    assert f"[study] resuming {study}" in out, out[-4000:]
+    for trial_id in finished:  # kept as they were, not started again
+        assert f"{trial_id} started" not in out, out[-4000:]
+        assert result_files(study)[trial_id] == before[trial_id]
+    frame = pd.read_parquet(study / "results.parquet")
+    assert len(frame) == 3 and frame["trial_id"].is_unique, frame.T
+    assert set(frame["stop_reason"]) <= {"completed", "early_stopped"}, frame.T
+    optuna_study = load_trials_study(study)
+    tune_ids = [t.user_attrs["tune_trial_id"] for t in optuna_study.trials]
+    assert len(tune_ids) == len(set(tune_ids)), tune_ids  # each Tune trial once
+    states = {t.user_attrs["tune_trial_id"]: t.state for t in optuna_study.trials
+              if not t.user_attrs.get("lost")}  # lost: suggested as the job stopped, never given to Tune
+    assert sorted(states) == sorted(frame["trial_id"]), (states, frame["trial_id"].tolist())
+    assert set(states.values()) <= {TrialState.COMPLETE, TrialState.PRUNED}, states
+    after = told(optuna_study)
+    assert all(after[number] == record for number, record in told_before.items())  # what Optuna was told stays
+    assert Path(json.loads((study / "best.json").read_text())["checkpoint_path"]).is_dir()
+    print(f"ray job stop took {stop_s:.1f} s; trial processes before it: {running}, as it returned: "
+          f"{left or 'none'}, none after {gone_s:.1f} s")
