@@ -17,7 +17,7 @@
 Where the time goes comes from measured timestamps only: Tune callback times (trial start, each
 result, complete), Ray's task table (when each actor was submitted, started and ready: the trial
 actor, the Train controller, the Train worker, tied together by which created which) and the worker's
-own marks (`timing-<pid>.json`, written by `harness.train_loop.TimeMarks`: process start, loop start,
+own marks (`timing-<pid>.json`, written by `harness.run_logs.TimeMarks`: process start, loop start,
 model built, first step, per epoch loader start, train-step and data-wait seconds, probe,
 checkpoint + report). Worker import time is measured in a fresh process with `python -X importtime`.
 
@@ -78,7 +78,7 @@ class Stamps(tune.Callback):
 def trivial_loop(config: dict[str, Any]) -> None:
     """Ray's floor: the harness loop's shape (a report with a checkpoint per epoch), no work.
 
-    Writes the same `timing-<pid>.json` marks as harness.train_loop.TimeMarks, from stdlib + psutil
+    Writes the same `timing-<pid>.json` marks as harness.run_logs.TimeMarks, from stdlib + psutil
     only, so the floor's worker imports nothing of the harness.
     """
     import psutil
@@ -272,7 +272,7 @@ def measure(args: argparse.Namespace, trials: int, epochs: int) -> dict[str, Any
     from harness.tuner import build_tuner
     from tests.ray_head import attached, start_head
 
-    overrides: dict[str, Any] = {"optim.epochs": epochs}
+    overrides: dict[str, Any] = {"optim.epochs": epochs, "run.time_marks": True}  # harness/run_logs.py TimeMarks
     if args.data:
         overrides["data.shards"] = args.data
     study = load_study(SPACE, overrides)

@@ -102,6 +102,8 @@ class RunConfig:
     # Stop (resumably) once this epoch is done, keeping the full optim.epochs schedule: for
     # jobs with a time limit; rerun with 0 to continue. 0: run to optim.epochs.
     stop_after_epoch: Annotated[int, Ge(0)] = 0
+    # Write rank 0's wall-clock marks (timing-<pid>.json in the run folder) for bench/goodput.py.
+    time_marks: bool = False
 
 
 @dataclass
