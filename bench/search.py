@@ -65,6 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--check-tune", type=int, default=0, metavar="N",
                         help="compare the replay's decisions with real Ray Tune on N seeds (one trial at a time)")
     parser.add_argument("--out", help="write the per-seed results here (parquet)")
+    parser.add_argument("--no-base-point", action="store_true",
+                        help="arms start from their sampler alone, not from the study's base point (config 0)")
+    parser.add_argument("--processes", type=int, default=2, help="seeds replayed in parallel (default 2)")
     return parser.parse_args(argv)
 
 
@@ -196,7 +199,7 @@ def simulate(table: Table, base: Study, arm: Arm, seed: int, budget: int, concur
 
     study = arm_study(base, arm, seed, search_trials=10_000, concurrency=concurrency)
     searcher, scheduler = searcher_and_scheduler(study)
-    search_budget = budget - reserve(arm, table.max_t)
+    search_budget = max(budget - reserve(arm, table.max_t), table.max_t)  # at least one search trial
     running: list[ReplayTrial] = []
     trials: list[ReplayTrial] = []
     spent, anytime, to_sd = 0, {}, None
@@ -291,7 +294,7 @@ def tune_decisions(table: Table, base: Study, arm: Arm, seed: int, budget: int, 
     from harness.tuner import tune_config
 
     study = arm_study(base, arm, seed, search_trials=10_000, concurrency=1)
-    search_budget = budget - reserve(arm, table.max_t)
+    search_budget = max(budget - reserve(arm, table.max_t), table.max_t)
     name = f"{arm.name.replace('+', '_')}-{seed}"
     config = tune_config(study, str(storage / name))
     searcher = config.search_alg
@@ -319,7 +322,7 @@ def tune_decisions(table: Table, base: Study, arm: Arm, seed: int, budget: int, 
                        run_config=tune.RunConfig(name=name, storage_path=str(storage), callbacks=[Budget()],
                                                  verbose=0))
     tuner.fit()
-    frame, _ = collect(study, str(storage / name))
+    frame, _ = collect(study, str(storage / name), storage / name)
     frame = frame.assign(order=frame["trial_id"].map(started.index)).sort_values("order")  # creation order
     keys = [d.key for d in study.space]
     replayed = [ReplayTrial(r["trial_id"], {**{k: r[k] for k in keys}, "run.seed": int(r["seed"]),
@@ -329,35 +332,49 @@ def tune_decisions(table: Table, base: Study, arm: Arm, seed: int, budget: int, 
             "chosen": chosen(table, study, replayed)}
 
 
-def report_signals(table: Table) -> None:
-    """Rank correlation of every recorded signal at epochs 1-5 with the seed-mean final probe."""
+def rank_correlation(table: Table, signal: str, epoch: int, rng: np.random.Generator) -> tuple[float, float, float]:
+    """Spearman rho, over configs, of one run's `signal` at `epoch` with the mean final objective of
+    the config's other seeds (so the two share no seed noise), averaged over the seeds; and a 90%
+    bootstrap interval over configs."""
     from scipy.stats import spearmanr
 
-    # the metrics a study can select on or compare at ASHA's rungs (harness/objective.py)
-    signals = [c for c in EPOCH_METRICS if c in table.frame and table.frame[c].nunique() > 1]
+    at = table.frame[table.frame["epoch"] == epoch].pivot(index="config_id", columns="seed", values=signal)
+    pairs = [(at[s], table.finals.drop(columns=s).mean(axis=1)) for s in table.seeds]
+
+    def rho(pick: Any) -> float:
+        return float(np.nanmean([spearmanr(a.iloc[pick], b.iloc[pick], nan_policy="omit").statistic
+                                 for a, b in pairs]))
+
+    n = len(table.configs)
+    boot = [rho(rng.choice(n, n)) for _ in range(500)]
+    lo, hi = np.nanpercentile(boot, [5, 95])
+    return rho(np.arange(n)), float(lo), float(hi)
+
+
+def report_signals(table: Table) -> pd.DataFrame:
+    """Every recorded signal a study can rung on (harness/objective.py EPOCH_METRICS) at epochs 1-5
+    against the final objective, and the objective's own later epochs as the ceiling."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=RuntimeWarning)  # a signal constant at an epoch: NaN, said so
+    warnings.filterwarnings("ignore", module="scipy")
     rng = np.random.default_rng(0)
-    rows = []
-    for signal in signals:
-        for epoch in range(1, 6):
-            at = table.frame[table.frame["epoch"] == epoch].pivot(index="config_id", columns="seed", values=signal)
-            # one run's signal against the mean final of the other seeds: no noise shared by the two
-            pairs = [(at[s], table.finals.drop(columns=s).mean(axis=1)) for s in table.seeds]
-            point = float(np.nanmean([spearmanr(a, b, nan_policy="omit").statistic for a, b in pairs]))
-            boot = []
-            for _ in range(500):
-                pick = rng.choice(len(table.configs), len(table.configs))
-                boot.append(np.nanmean([spearmanr(a.iloc[pick], b.iloc[pick], nan_policy="omit").statistic
-                                        for a, b in pairs]))
-            lo, hi = np.nanpercentile(boot, [5, 95])
-            rows.append({"signal": signal, "epoch": epoch, "rho": point, "lo": lo, "hi": hi})
+    signals = [c for c in EPOCH_METRICS if c in table.frame and table.frame[c].nunique() > 1]
+    rows = [{"signal": signal, "epoch": epoch,
+             **dict(zip(("rho", "lo", "hi"), rank_correlation(table, signal, epoch, rng)))}
+            for signal in signals for epoch in range(1, 6)]
     frame = pd.DataFrame(rows)
     cells = frame.assign(cell=[f"{r.rho:+.2f} [{r.lo:+.2f}, {r.hi:+.2f}]" for r in frame.itertuples()])
-    print("[search] Spearman rho of each signal at epochs 1-5 (one run) with the seed-mean final "
-          f"{table.metric} of the other seeds; mean over seeds, 90% bootstrap interval over configs:")
+    print("[search] Spearman rho of each signal at epochs 1-5 (one run) with the mean final "
+          f"{table.metric} of the config's other seeds; mean over seeds, 90% bootstrap interval over configs:")
     print(cells.pivot(index="signal", columns="epoch", values="cell").to_string())
     early = frame[frame["epoch"] <= 3].assign(strength=frame["rho"].abs()).sort_values("strength", ascending=False)
     print("[search] strongest |rho| by epoch 3: " + "; ".join(f"{r.signal} at epoch {r.epoch}: {r.rho:+.2f}"
                                                                for r in early.head(4).itertuples()))
+    later = [(e, *rank_correlation(table, table.metric, e, rng)) for e in range(6, table.max_t + 1)]
+    print(f"[search] the ceiling: {table.metric} of one run at epochs 6-{table.max_t} against the other seeds' "
+          "mean final: " + ", ".join(f"{e}: {r:+.2f} [{lo:+.2f}, {hi:+.2f}]" for e, r, lo, hi in later))
+    return frame
 
 
 def run_arm(table: Table, base: Study, arm: Arm, seed: int, budget: int, concurrency: int) -> dict[str, Any]:
@@ -391,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     base = load_study(args.space)
     table = Table(Path(args.table), base)
     pinned = json.loads(table.meta.get("base_point", "{}"))
-    base.points = [pinned] if pinned else base.points  # the base point the table was recorded with
+    base.points = [] if args.no_base_point else [pinned]  # the base point the table was recorded with
     budget = args.budget_trials * table.max_t
     finals = table.truth.sort_values(ascending=False)
     near = int((table.truth >= table.best - table.sd).sum())
@@ -410,11 +427,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_tune:
         check_against_tune(table, base, arms, args.check_tune, budget // 4)
     start = time.time()
+    print(f"[search] arms start from {'their sampler alone' if args.no_base_point else 'the base point (config 0)'}",
+          flush=True)
     rows = []
-    for seed in range(seeds):
-        rows += [run_arm(table, base, arm, seed, budget, args.concurrency) for arm in arms]
-        if seed % 10 == 9:
-            print(f"[search] {seed + 1}/{seeds} seeds, {time.time() - start:.0f} s", flush=True)
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(args.processes) as pool:
+        jobs = [pool.submit(run_arm, table, base, arm, seed, budget, args.concurrency)
+                for seed in range(seeds) for arm in arms]
+        for done, job in enumerate(jobs, 1):
+            rows.append(job.result())
+            if done % (10 * len(arms)) == 0:
+                print(f"[search] {done // len(arms)}/{seeds} seeds, {time.time() - start:.0f} s", flush=True)
     frame = pd.DataFrame(rows)
     if args.out:
         frame.to_parquet(args.out, index=False)
@@ -432,8 +456,8 @@ def summarize(frame: pd.DataFrame, table: Table, budget: int) -> None:
         cells = []
         for fraction in BUDGET_FRACTIONS:
             r = rows[f"regret@{fraction}"]
-            cells.append(f"@{fraction}: median {r.median():.4f} [{r.quantile(0.05):.4f}, {r.quantile(0.95):.4f}], "
-                         f"within SD {100 * (r <= table.sd).mean():.0f}%")
+            cells.append(f"@{fraction}: median {r.median():.4f}, mean {r.mean():.4f} [90%: {r.quantile(0.05):.4f}, "
+                         f"{r.quantile(0.95):.4f}], within SD {100 * (r <= table.sd).mean():.0f}%")
         to_sd = rows.set_index("seed")["epochs_to_sd"].astype(float)
         goal = ""
         if arm != "random" and len(random_epochs):

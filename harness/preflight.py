@@ -83,9 +83,11 @@ def check_shards(data: DataConfig, source: str) -> Manifest:
 
 
 def check_writable(folder: str, what: str, source: str) -> None:
-    """Create the local folder `folder` and write and remove a file in it, so a run folder that
-    cannot be written fails here, in one line, not when the first checkpoint is saved."""
+    """Write and remove a file in the local folder `folder`, so a run folder that cannot be
+    written fails here, in one line, not when the first checkpoint is saved. Folders it had to
+    create are removed again: a run refused later (say, by the cluster) leaves nothing behind."""
     path = Path(folder)
+    created = [p for p in (path, *path.parents) if not p.exists()]
     probe = path / f".write-check-{os.getpid()}"
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -94,6 +96,10 @@ def check_writable(folder: str, what: str, source: str) -> None:
     except OSError as exc:
         raise ConfigError(f"{source}: {what} = {folder}: cannot write there: "
                           f"{exc.strerror or type(exc).__name__}") from None
+    finally:
+        for made in created:  # deepest first
+            if made.is_dir() and not any(made.iterdir()):
+                made.rmdir()
 
 
 def check_init_checkpoint(location: str, source: str) -> str:

@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         raise FileNotFoundError(f"{folder}: not a study folder (no {STUDY_FILE})")
     study = load_study(folder / STUDY_FILE)
     state = tune_state(folder, args.storage)
-    trials, curves = collect(study, state)
+    trials, curves = collect(study, state, folder)
     best = write_results(study, trials, curves, folder)
     files = write_plots(study, trials, curves, folder)
     print(f"[report] {folder / TRIALS_PARQUET}, {folder / CURVES_PARQUET}, "

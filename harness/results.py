@@ -17,7 +17,9 @@ from ray.tune import ExperimentAnalysis
 from harness.config import to_dict
 from harness.console import first_error_line
 from harness.objective import CONFIRM_OF, completed, rank_configs, rank_trials
+from harness.searcher import TUNE_ID
 from harness.study_file import Study
+from harness.study_storage import load_trials_study
 
 TRIALS_PARQUET, TRIALS_CSV, CURVES_PARQUET = "results.parquet", "results.csv", "curves.parquet"
 BEST_CONFIG, BEST_JSON = "best_config.yaml", "best.json"
@@ -45,8 +47,21 @@ def epoch_reports(analysis: ExperimentAnalysis, trial_id: str) -> pd.DataFrame:
     return frame[frame["epoch"] == frame["epoch"].round()].drop_duplicates("epoch", keep="last")
 
 
-def collect(study: Study, study_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(one row per trial, one row per trial and epoch) from the experiment folder.
+def creation_order(folder: str | Path, configured: str | None) -> dict[str, int]:
+    """Tune trial id -> its Optuna trial number, from the study's storage (empty without one).
+
+    Tune's experiment state does not promise creation order; Optuna's numbers are it, and
+    Optuna's best_trial takes the lowest number on a tie."""
+    try:
+        trials = load_trials_study(folder, configured).get_trials(deepcopy=False)
+    except FileNotFoundError:
+        return {}
+    return {t.user_attrs[TUNE_ID]: t.number for t in trials if TUNE_ID in t.user_attrs}
+
+
+def collect(study: Study, study_dir: str | Path, folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per trial, one row per trial and epoch) from the experiment folder `study_dir`
+    (local or a bucket URI) and the study's Optuna storage (`folder`: the local study folder).
 
     A trial's `metric` column is the objective (harness/objective.py): the value at its last
     measured epoch (`objective_epoch`), with the knn/rank1 and the checkpoint of that same epoch.
@@ -56,7 +71,10 @@ def collect(study: Study, study_dir: str | Path) -> tuple[pd.DataFrame, pd.DataF
     metric = study.metric
     params = [d.key for d in study.space]
     rows, curves = [], []
-    for trial in analysis.trials:
+    numbers = creation_order(folder, study.search.storage)
+    unnumbered = len(numbers) + len(analysis.trials)  # confirm runs are not Optuna trials: after them
+    ordered = sorted(enumerate(analysis.trials), key=lambda it: numbers.get(it[1].trial_id, unnumbered + it[0]))
+    for _, trial in ordered:
         frame = epoch_reports(analysis, trial.trial_id)
         last = frame.iloc[-1].to_dict() if len(frame) else {}
         measured = frame[frame[metric].notna()] if metric in frame else frame.iloc[0:0]

@@ -178,7 +178,8 @@ class BudgetAwareOptunaSearch(Searcher):
                          "objective_epoch": max(values) if values else math.nan,
                          "epochs": self.max_epochs if last["state"] == TrialState.COMPLETE else
                          (max(values) if values else 0), "number": last["number"]})
-        frame = pd.DataFrame(rows).sort_values("number", kind="stable")
+        columns = ["trial_id", "status", self.metric, "objective_epoch", "epochs", "number"]
+        frame = pd.DataFrame(rows, columns=columns).sort_values("number", kind="stable")
         return rank_trials(frame, self.metric, self.mode, self.max_epochs)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:

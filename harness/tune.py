@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                         inherited=inherited.trials if inherited else ())
     tuner.fit()
 
-    trials, curves = collect(study, uri)
+    trials, curves = collect(study, uri, folder)
     extra = {"random_init": baseline} if baseline else {}
     if inherited:
         extra["inherited"] = {"from": inherited.source, "trials": len(inherited.trials)}

@@ -79,8 +79,9 @@ def test_official_form_keeps_the_official_gradient_balance():
 
 def test_paper_recipe_uses_the_official_form_and_the_demo_keeps_its_own():
     from harness.config import load_config
+    from harness.study_file import load_study
 
     spaces = Path(__file__).resolve().parent.parent / "tune_spaces"
     assert load_config(spaces / "recipes" / "paper.yaml").loss.mil_form == "official"
-    assert load_config(spaces / "cub.yaml").loss.mil_form == "official"
-    assert load_config(spaces / "demo.yaml").loss.mil_form == "proper_kl"
+    assert load_study(spaces / "cub.yaml").base.loss.mil_form == "official"
+    assert load_study(spaces / "demo.yaml").base.loss.mil_form == "proper_kl"

@@ -50,7 +50,7 @@ def confirmed(ray_head, tmp_path_factory):
     study = load_study(space)
     folder = tmp / "runs" / "tiny"
     build_tuner(study, str(folder), folder, trainable=trainable).fit()
-    trials, curves = collect(study, str(folder))
+    trials, curves = collect(study, str(folder), folder)
     best = write_results(study, trials, curves, folder)
     return study, folder, trials, best
 
