@@ -13,6 +13,7 @@ import torch
 from harness.config import build_config, load_config
 from harness.objective import EPOCH_METRICS
 from harness.study_storage import load_trials_study
+from tests.test_console_output import assert_train_prints_each_epoch_once
 from tests.tiny import tiny_base, write_tiny_study
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,6 +93,7 @@ def test_tune_study_writes_dataframe_and_best_config(ray_head, demo_shards, tmp_
     out = run_cli(["harness/train.py", "--config", str(folder / "best_config.yaml"), "--name", "again",
                    f"run.storage={tmp_path / 'again'}"], ray_head.env)
     assert "[train] done: probe_top1" in out.stdout
+    assert_train_prints_each_epoch_once(out, cfg.optim.epochs)
 
 
 def test_best_json_names_the_kept_checkpoint_of_the_measured_epoch(ray_head, demo_shards, tmp_path):

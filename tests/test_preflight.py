@@ -128,11 +128,14 @@ def test_a_run_folder_that_cannot_be_written_is_one_line_before_ray(shards, tmp_
                                      "Not a directory"
 
 
-def test_a_writable_run_folder_is_created_and_left_clean(shards, tmp_path, no_ray):
-    storage = tmp_path / "new" / "runs"
-    with pytest.raises(RuntimeError, match="got as far as starting Ray"):
-        train.main(train_args(shards, f"run.storage={storage}"))
-    assert storage.is_dir() and list(storage.iterdir()) == []
+def test_a_writable_run_folder_is_checked_and_nothing_is_left(shards, tmp_path, no_ray):
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for storage in (tmp_path / "new" / "runs", kept):
+        with pytest.raises(RuntimeError, match="got as far as starting Ray"):
+            train.main(train_args(shards, f"run.storage={storage}"))
+    assert not (tmp_path / "new").exists()  # the folders it made are removed; the run makes them
+    assert kept.is_dir() and list(kept.iterdir()) == []
 
 
 # ---------------------------------------------------------------------------------------

@@ -11,15 +11,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from harness.ray_session import RayUnreachableError, choose_address
 from tests.ray_head import free_port
-from tests.tiny import tiny_base, write_tiny_study
+from tests.tiny import write_tiny_study
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,42 +77,34 @@ def test_ray_address_local_is_private_even_with_a_live_record(ray_tmpdir, monkey
         assert choose_address()[0] == "local"
 
 
-def cli(args: list[str], env: dict[str, str], timeout: int) -> tuple[subprocess.CompletedProcess, float]:
-    start = time.monotonic()
-    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+def cli(args: list[str], env: dict[str, str], timeout: int) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
-    return proc, time.monotonic() - start
 
 
 @pytest.mark.parametrize("script", ["harness/train.py", "harness/tune.py"])
 def test_commands_end_in_one_line_when_ray_address_is_dead(script):
     dead = f"127.0.0.1:{free_port()}"
     env = dict(os.environ, RAY_ADDRESS=dead)
-    proc, seconds = cli([script], env, timeout=60)
+    proc = cli([script], env, timeout=60)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.strip().splitlines() == [
         f"error: RAY_ADDRESS={dead}: no Ray head answers there within 5 s; start the head "
         "(`ray start --head`), fix the address, or unset RAY_ADDRESS to run on a private local Ray instance"]
-    assert seconds < 30, seconds  # before the demo set, the baseline or Ray start
+    assert proc.stdout == ""  # it ended before the demo set, the baseline or Ray, which each say so
 
 
 @pytest.mark.slow
-def test_train_and_tune_run_privately_past_a_stale_record(ray_tmpdir, demo_shards, tmp_path):
+def test_a_study_runs_privately_past_a_stale_record(ray_tmpdir, demo_shards, tmp_path):
+    """train.py and tune.py take the same path (harness/ray_session.py `choose_address`, then
+    `connect`); the study, Tune over Train on the private instance, is the longer of the two."""
     dead = f"127.0.0.1:{free_port()}"
     record(ray_tmpdir, dead)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    config = tiny_base(demo_shards)
-    config["optim"]["epochs"] = 1
-    config["run"] = {"storage": str(tmp_path / "runs")}
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
     expected = f"[ray] started a private local Ray instance (the head recorded at {dead}"
 
-    train, _ = cli(["harness/train.py", "--config", str(tmp_path / "tiny.yaml"), "--name", "t"], env, 600)
-    assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
-    assert expected in train.stdout and "[train] done: probe_top1" in train.stdout
-
     space = write_tiny_study(tmp_path / "study.yaml", demo_shards, tmp_path / "runs", num_samples=1)
-    tune, _ = cli(["harness/tune.py", "--space", str(space), "--no-baseline"], env, 600)
+    tune = cli(["harness/tune.py", "--space", str(space), "--no-baseline"], env, 600)
     assert tune.returncode == 0, tune.stdout[-3000:] + tune.stderr[-3000:]
     assert expected in tune.stdout
     assert (tmp_path / "runs" / "tiny" / "results.parquet").is_file()
