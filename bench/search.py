@@ -68,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-base-point", action="store_true",
                         help="arms start from their sampler alone, not from the study's base point (config 0)")
     parser.add_argument("--processes", type=int, default=2, help="seeds replayed in parallel (default 2)")
+    parser.add_argument("--from-results", metavar="PARQUET",
+                        help="summarise the per-seed results an earlier run wrote with --out; replay nothing")
     return parser.parse_args(argv)
 
 
@@ -423,9 +425,14 @@ def main(argv: list[str] | None = None) -> int:
           f"= {budget}; concurrency {args.concurrency}")
     report_signals(table)
 
+    if args.from_results:
+        summarize(pd.read_parquet(args.from_results), table, budget)
+        return 0
     arms = [ARMS[a] for a in args.arms.split(",")] if args.arms else list(ARMS.values())
     if args.check_tune:
         check_against_tune(table, base, arms, args.check_tune, budget // 4)
+        if not seeds:  # --seeds 0: the check alone
+            return 0
     start = time.time()
     print(f"[search] arms start from {'their sampler alone' if args.no_base_point else 'the base point (config 0)'}",
           flush=True)
@@ -467,6 +474,24 @@ def summarize(frame: pd.DataFrame, table: Table, budget: int) -> None:
                     f"fewer in {100 * (a < r).mean():.0f}%, more in {100 * (a > r).mean():.0f}%")
         print(f"[search] {arm}: " + " | ".join(cells) + f"; epochs to within SD: median {to_sd.median():.0f} "
               f"(not reached {100 * to_sd.isna().mean():.0f}%){goal}")
+    arms = list(dict.fromkeys(frame["arm"]))
+    for reference in ("random", "tpe+asha"):
+        if reference in arms:
+            print(f"[search] paired against {reference} at the full budget (90% bootstrap over seeds): "
+                  + "; ".join(paired(frame, arm, reference, table.sd) for arm in arms if arm != reference))
+
+
+def paired(frame: pd.DataFrame, arm: str, reference: str, sd: float, draws: int = 2000) -> str:
+    """`arm` minus `reference` on the same replay seeds: mean regret and the share within one SD."""
+    final = frame.pivot(index="seed", columns="arm", values="regret@1.0")[[arm, reference]].dropna()
+    diff = (final[arm] - final[reference]).to_numpy()
+    within = ((final[arm] <= sd).astype(float) - (final[reference] <= sd).astype(float)).to_numpy()
+    rng = np.random.default_rng(0)
+    picks = rng.integers(0, len(diff), size=(draws, len(diff)))
+    d_lo, d_hi = np.quantile(diff[picks].mean(axis=1), [0.05, 0.95])
+    w_lo, w_hi = 100 * np.quantile(within[picks].mean(axis=1), [0.05, 0.95])
+    return (f"{arm} regret {diff.mean():+.4f} [{d_lo:+.4f}, {d_hi:+.4f}], "
+            f"within SD {100 * within.mean():+.0f} pts [{w_lo:+.0f}, {w_hi:+.0f}]")
 
 
 def check_against_tune(table: Table, base: Study, arms: list[Arm], seeds: int, budget: int) -> None:
