@@ -24,7 +24,7 @@ demo: $(STAMP)  ## a whole study on the generated demo set, then its one test me
 
 test: $(STAMP)  ## lint (ruff), then the test suite (shared-Ray tests, then the isolated autoscaling test)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest tests -m "not isolated"
+	$(BIN)/python -m pytest tests -m "not isolated" -n 2 --dist loadfile
 	CMD_HARNESS_ISOLATED=1 $(BIN)/python -m pytest tests -m isolated
 
 test-fast: $(STAMP)  ## lint and unit tests only, no Ray trials

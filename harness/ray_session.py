@@ -144,6 +144,33 @@ def require_token_if_needed(address: str) -> None:
         return
 
 
+@contextmanager
+def private_instance_env() -> Iterator[None]:
+    """Start a private instance on a GCS port chosen here, with `RAY_ADDRESS` naming it in the
+    environment its raylet, and so every worker, inherits.
+
+    Ray 2.60's Train frees a finished run's placement group from a cleaner actor that finds the
+    cluster through `RAY_ADDRESS`, else by looking for Ray instances on the machine; with another
+    instance up it finds two, fails, and the freed trial's CPUs stay reserved: the next trial
+    waits for them forever."""
+    from ray._private.ray_constants import GCS_PORT_ENVIRONMENT_VARIABLE
+    from ray._private.services import get_node_ip_address
+
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        port = probe.getsockname()[1]
+    saved = {key: os.environ.get(key) for key in ("RAY_ADDRESS", GCS_PORT_ENVIRONMENT_VARIABLE)}
+    os.environ.update({"RAY_ADDRESS": f"{get_node_ip_address()}:{port}", GCS_PORT_ENVIRONMENT_VARIABLE: str(port)})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def connect(verbose: bool = False, log_to_driver: bool = True) -> str:
     """Attach to `RAY_ADDRESS`, else to a live head started on this machine, else start a
     private instance; print which in one line and return its GCS address.
@@ -152,7 +179,8 @@ def connect(verbose: bool = False, log_to_driver: bool = True) -> str:
     it off unless verbose and prints its own line per trial event. The dashboard stays on:
     without it Train cannot release a finished trial's resources and the next trial hangs
     (Ray 2.60). The address is exported so Train's cleaner and any child process find this
-    instance, not another one on the same machine.
+    instance, not another one on the same machine; a private instance's own processes get it
+    from its start (`private_instance_env`).
     """
     if ray.is_initialized():
         return ray.get_runtime_context().gcs_address
@@ -161,9 +189,11 @@ def connect(verbose: bool = False, log_to_driver: bool = True) -> str:
     kwargs = {"include_dashboard": True} if address == "local" else {}
     if address not in ("auto", "local"):
         require_token_if_needed(address)
-    if os.environ.get("RAY_ADDRESS") == "local":  # the new instance's processes would inherit it and,
-        del os.environ["RAY_ADDRESS"]             # with other Ray instances up, look for a cluster
-    ray.init(address=address, logging_level=level, log_to_driver=log_to_driver, **kwargs)
+    if address == "local":
+        with private_instance_env():
+            ray.init(address=address, logging_level=level, log_to_driver=log_to_driver, **kwargs)
+    else:
+        ray.init(address=address, logging_level=level, log_to_driver=log_to_driver, **kwargs)
     log.info(line)
     gcs = ray.get_runtime_context().gcs_address
     os.environ["RAY_ADDRESS"] = gcs

@@ -109,6 +109,15 @@ def start_head(num_cpus: int = 2, resources: str | None = None, token_auth: bool
     `ray start --head` does once ~/.ray/auth_token exists: token auth on, the token in
     `home/.ray/auth_token`, and `env` carries what a client needs (RAY_AUTH_MODE=token and
     RAY_AUTH_TOKEN_PATH)."""
+    for _ in range(2):
+        try:
+            return _start_head(num_cpus, resources, token_auth)
+        except subprocess.CalledProcessError:  # a port free when picked was taken since (tests run in parallel)
+            continue
+    return _start_head(num_cpus, resources, token_auth)
+
+
+def _start_head(num_cpus: int, resources: str | None, token_auth: bool) -> RayHead:
     temp_dir = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
     port, dash = free_port(), free_port()
     home = temp_dir / "home"
@@ -126,7 +135,11 @@ def start_head(num_cpus: int = 2, resources: str | None = None, token_auth: bool
                        "--include-dashboard=true", f"--num-cpus={num_cpus}")
     if resources:
         cmd.append(f"--resources={resources}")
-    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=180)
+    try:
+        subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=180)
+    except subprocess.CalledProcessError:
+        stop_private_ray(temp_dir)  # whatever of it did start
+        raise
     head = RayHead(temp_dir, f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}", env)
     _wait_dashboard(head)
     return head

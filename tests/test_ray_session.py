@@ -13,7 +13,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import yaml
 
 from harness.ray_session import RayUnreachableError, choose_address
 from tests.ray_head import free_port
@@ -95,16 +97,25 @@ def test_commands_end_in_one_line_when_ray_address_is_dead(script):
 
 
 @pytest.mark.slow
-def test_a_study_runs_privately_past_a_stale_record(ray_tmpdir, demo_shards, tmp_path):
+def test_a_study_runs_privately_past_a_stale_record_beside_another_instance(ray_tmpdir, ray_head, demo_shards,
+                                                                              tmp_path):
     """train.py and tune.py take the same path (harness/ray_session.py `choose_address`, then
-    `connect`); the study, Tune over Train on the private instance, is the longer of the two."""
+    `connect`); the study, Tune over Train on the private instance, is the longer of the two.
+
+    Another Ray instance runs on the machine (the session's head), and each trial's worker takes
+    every CPU of the private instance: the second trial starts only if Train freed the first
+    one's placement group, which it cannot do unless the instance's processes know its address."""
     dead = f"127.0.0.1:{free_port()}"
     record(ray_tmpdir, dead)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     expected = f"[ray] started a private local Ray instance (the head recorded at {dead}"
 
-    space = write_tiny_study(tmp_path / "study.yaml", demo_shards, tmp_path / "runs", num_samples=1)
-    tune = cli(["harness/tune.py", "--space", str(space), "--no-baseline"], env, 600)
+    space = write_tiny_study(tmp_path / "study.yaml", demo_shards, tmp_path / "runs", num_samples=2, max_t=1,
+                             search={"sampler": "random", "num_samples": 2, "max_concurrent": 1, "seed": 0})
+    study = yaml.safe_load(space.read_text())
+    study["base"]["scaling"]["cpus_per_worker"] = os.cpu_count()
+    space.write_text(yaml.safe_dump(study))
+    tune = cli(["harness/tune.py", "--space", str(space), "--no-baseline"], env, 400)
     assert tune.returncode == 0, tune.stdout[-3000:] + tune.stderr[-3000:]
     assert expected in tune.stdout
-    assert (tmp_path / "runs" / "tiny" / "results.parquet").is_file()
+    assert len(pd.read_parquet(tmp_path / "runs" / "tiny" / "results.parquet")) == 2
