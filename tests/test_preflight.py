@@ -21,6 +21,7 @@ from harness import train, tune
 from harness.config import ConfigError, load_config
 from harness.preflight import check_shards
 from harness.remote_files import RemoteFileError, read_remote
+from tests.test_config import one_error_line
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = str(ROOT / "tune_spaces/demo.yaml")
@@ -30,14 +31,6 @@ DEMO = str(ROOT / "tune_spaces/demo.yaml")
 def shards(demo_shards, tmp_path) -> Path:
     """A copy of the demo shards this test may damage."""
     return Path(shutil.copytree(demo_shards, tmp_path / "shards"))
-
-
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def train_args(shards: Path | str, *overrides: str) -> list[str]:
