@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)  ## create .venv and install the project (only when missing or out of date)
 
-demo: $(STAMP)  ## a whole study on the generated demo set, then its one test measurement (2 CPU cores: ~5 minutes)
+demo: $(STAMP)  ## a whole study on the generated demo set, then its one test measurement (2 CPU cores: ~9 minutes)
 	$(BIN)/python harness/tune.py --space tune_spaces/demo.yaml
 	$(BIN)/python -m harness.final runs/demo
 
