@@ -309,7 +309,9 @@ def test_study_scales_gpu_like_workers_from_zero_and_back_with_drivers_on_the_he
         f"head not alone at start: {timeline.changes()}"
     start = timeline.now()
 
-    cub = yaml.safe_load((REPO / "tune_spaces" / "cub.yaml").read_text())
+    from harness.study_file import read_study_file
+
+    cub = read_study_file(REPO / "tune_spaces" / "cub.yaml")  # with what it extends
     drivers = cub["scaling"]["trial_driver_resources"]  # CPU 0, measured memory, trial_driver
     space = tmp_path / "space.yaml"
     base = tiny_base(tmp_path / "shards")
